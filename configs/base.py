@@ -1,0 +1,84 @@
+"""Fields shared by every HAMMER config; each dataset config starts from here.
+
+`configs/tvr.py`, `configs/activitynet.py` and `configs/demo.py` call
+`get_base_config()` and set the dataset's values (paper supplement 6.1.4), then
+apply the variant named by their `arg` (ablations of Tables 4-9, FLAT, tiny).
+`max_frames`, `max_query_len` and `clip_len` are `FieldReference`s so that the
+data and the model can never disagree about them.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  max_frames = config_dict.FieldReference(96)
+  max_query_len = config_dict.FieldReference(30)
+  clip_len = config_dict.FieldReference(16)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "tvr"               # "tvr" | "activitynet"; also names prepared data's layout
+  c.data.prepared_dir = ""            # Output folder of data_prep (holds prepared.json).
+  c.data.train_split = "train"
+  c.data.eval_split = "val"
+  c.data.max_frames = max_frames      # F: videos padded/truncated to this many feature rows
+  c.data.max_query_len = max_query_len  # L: query tokens incl. [CLS] and [SEP]
+  c.data.clip_len = clip_len          # M: frames per clip (Table 7)
+  c.data.num_negatives = 3            # VR negatives per query, drawn from the batch (choice)
+  c.data.mlm_probability = 0.15
+  c.data.max_mlm_predictions = 5      # P: BERT's max_predictions_per_seq, scaled to L=30
+  c.data.mlm_seed = 1
+  c.data.shuffle_buffer = 256         # in videos
+  c.data.use_subtitles = True         # ignored when the data has none
+
+  c.model = ml_collections.ConfigDict()
+  c.model.text_checkpoint = "minilm"  # folder of a HF BERT checkpoint, "minilm", or None (random, uses .bert)
+  c.model.bert = ml_collections.ConfigDict(dict(  # only used when text_checkpoint is None
+      vocab_size=30522, hidden_size=384, num_heads=12, intermediate_size=1536,
+      max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12))
+  c.model.text_layers = 5             # first K BERT layers per text branch
+  c.model.video_layers = 1
+  c.model.cross_modal = True          # Table 6
+  c.model.clip_len = clip_len
+  c.model.max_frames = max_frames
+  c.model.max_query_len = max_query_len
+  c.model.share_encoders = False      # Table 8
+  c.model.clip_position_embedding = True  # Table 9
+  c.model.frame_position = "in_clip"  # "in_clip" (choice) | "absolute"
+  c.model.flat = False                # FLAT baseline: frame encoder alone over the whole video
+  c.model.dropout_rate = 0.1
+  c.model.dtype = "float32"           # compute dtype: "float32" | "bfloat16" (params stay float32)
+  c.model.decoding = "greedy"         # "greedy" (section 3.5) | "joint" (arg-max over start <= end)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.vr_weight = 1.0              # Eq. 14, Table 5's best
+  c.loss.tl_weight = 5.0
+  c.loss.mlm_weight = 0.1
+  c.loss.use_vr = True                # Table 4 switches
+  c.loss.use_tl = True
+  c.loss.use_frame_mlm = True
+  c.loss.use_clip_mlm = True
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.batch_size = 128            # global
+  c.optim.lr = 2e-4                   # max LR
+  c.optim.num_steps = 20000
+  c.optim.warmup_fraction = 0.1       # linear 0 -> lr over the first 10%
+  c.optim.decay_boundaries = (0.5, 0.75)  # fractions of training where LR drops
+  c.optim.decay_factors = (0.1, 0.01)      # ... to these multiples of the max LR
+  c.optim.grad_clip_norm = 0.0        # 0 = off
+  c.optim.weight_decay = 0.0          # 0 = plain Adam as the paper
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 64
+  c.eval.top_k_videos = 100
+  c.eval.every_steps = 2000
+  c.eval.max_queries_during_training = 500
+
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000
+  c.max_checkpoints_to_keep = 3
+  return c

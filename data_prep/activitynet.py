@@ -1,0 +1,122 @@
+r"""Prepares ActivityNet Captions as TFRecord shards for hammer_jax.
+
+  python -m data_prep.activitynet --annotation_dir=DIR --video_feature=i3d.h5 \
+      --out_dir=data/anet_prepared [--max_frames=128]
+
+The annotation folder holds the official `train.json`, `val_1.json`, `val_2.json`
+(missing files are skipped). `--video_feature` is one h5 file (`video_id ->
+[T, D]`) or a folder of `<video_id>.npy` files: I3D (1024-d, 1 FPS) or
+ResNet-152 (2048-d, 6 FPS). Each video is resampled to at most `max_frames` rows
+by average pooling (paper: 128), so one row covers `duration / N` seconds.
+Reversed timestamps and ends past the duration are repaired and counted.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from data_prep import annotations, features, records
+from data_prep.prepared_writer import PreparedWriter, format_summary
+from data_prep.records import DataError, Query, RepairLog, VideoEntry
+from hammer_jax import pretrained
+
+SPLIT_FILES = {"train": "train.json", "val_1": "val_1.json", "val_2": "val_2.json"}
+
+
+def prepare_activitynet(out_dir: str, *, annotation_dir: str = "", split_files: dict[str, str] | None = None,
+                        video_feature: str, text_checkpoint: str = pretrained.DEFAULT_CHECKPOINT,
+                        max_frames: int = 128, max_query_len: int = 64, videos_per_shard: int = 256,
+                        missing_videos: str = "error") -> dict[str, Any]:
+  """Converts ActivityNet Captions; returns the `prepared.json` manifest."""
+  files = dict(split_files or {})
+  if annotation_dir:
+    for split, name in SPLIT_FILES.items():
+      if split not in files and os.path.exists(os.path.join(annotation_dir, name)):
+        files[split] = os.path.join(annotation_dir, name)
+  if not files:
+    raise DataError(annotation_dir or "<flags>", "<folder>", "annotations",
+                    f"no annotation file found (expected one of {', '.join(SPLIT_FILES.values())})")
+  ckpt = pretrained.resolve_checkpoint_dir(text_checkpoint, need_weights=False)
+  tokenizer = pretrained.load_tokenizer(ckpt)
+  feats = features.FeatureFile(video_feature, "video")
+
+  parsed: dict[str, tuple[list[VideoEntry], list[Query], RepairLog]] = {}
+  for split, path in files.items():
+    log = RepairLog()
+    queries = annotations.read_activitynet_json(path, log)
+    by_video: dict[str, list[Query]] = {}
+    for q in queries:
+      by_video.setdefault(q.vid_name, []).append(q)
+    names = list(by_video)
+    if missing_videos == "drop":
+      for n in [n for n in names if n not in feats]:
+        log.drop("video missing from the feature file", n)
+        for q in by_video[n]:
+          log.drop("query of a dropped video", f"{n} desc_id {q.desc_id}")
+      names = [n for n in names if n in feats]
+    entries = [VideoEntry(n, i, by_video[n][0].duration, by_video[n]) for i, n in enumerate(names)]
+    if split == "train":
+      entries = records.shuffled_for_training(entries)
+    queries = [q for e in entries for q in e.queries]
+    annotations.tokenize_queries(queries, tokenizer, max_query_len)
+    parsed[split] = (entries, queries, log)
+
+  all_names = sorted({e.vid_name for entries, _, _ in parsed.values() for e in entries})
+  video_dim = features.check_videos(feats, all_names)
+
+  def load_video(entry: VideoEntry, log: RepairLog):
+    raw = feats.read(entry.vid_name)
+    video = features.average_pool_rows(raw, max_frames)
+    if video.shape[0] < raw.shape[0]:
+      log.repair(f"resampled to {max_frames} rows by average pooling", entry.vid_name)
+    return video, None, None, entry.duration / video.shape[0]
+
+  writer = PreparedWriter(
+      out_dir, source="activitynet", video_dim=video_dim, subtitle_dim=0, checkpoint=ckpt,
+      vocab_sha256=pretrained.vocab_fingerprint(ckpt), videos_per_shard=videos_per_shard,
+      build_args={"files": files, "video_feature": video_feature, "max_frames": max_frames,
+                  "max_query_len": max_query_len, "missing_videos": missing_videos})
+  for split, (entries, queries, log) in parsed.items():
+    writer.write_split(split, entries, queries, load_video, log, has_ground_truth=True)
+  feats.close()
+  return writer.finalize({"video2idx": {s: {e.vid_name: e.video_index for e in p[0]} for s, p in parsed.items()},
+                          "frame_seconds": None, "max_frames_prepared": max_frames,
+                          "max_query_len_prepared": max_query_len})
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  try:
+    manifest = prepare_activitynet(
+        f.out_dir, annotation_dir=f.annotation_dir,
+        split_files={k: v for k, v in (("train", f.train_file), ("val_1", f.val_1_file),
+                                       ("val_2", f.val_2_file)) if v},
+        video_feature=f.video_feature, text_checkpoint=f.text_checkpoint, max_frames=f.max_frames,
+        max_query_len=f.max_query_len, videos_per_shard=f.videos_per_shard, missing_videos=f.missing_videos)
+  except (DataError, pretrained.CheckpointError) as e:
+    raise SystemExit(f"error: {e}")
+  print(format_summary(manifest))
+
+
+def define_flags():
+  from absl import flags
+  flags.DEFINE_string("out_dir", None, "Output folder for the prepared data.", required=True)
+  flags.DEFINE_string("annotation_dir", "", "Folder with train.json, val_1.json, val_2.json.")
+  flags.DEFINE_string("train_file", "", "train.json (overrides annotation_dir).")
+  flags.DEFINE_string("val_1_file", "", "val_1.json (overrides annotation_dir).")
+  flags.DEFINE_string("val_2_file", "", "val_2.json (overrides annotation_dir).")
+  flags.DEFINE_string("video_feature", None, "Feature h5 file or folder of <video_id>.npy.", required=True)
+  flags.DEFINE_string("text_checkpoint", pretrained.DEFAULT_CHECKPOINT, "BERT folder whose tokenizer to use.")
+  flags.DEFINE_integer("max_frames", 128, "Rows per video after average-pool resampling.")
+  flags.DEFINE_integer("max_query_len", 64, "Tokens kept per query at preparation ([CLS] and [SEP] included).")
+  flags.DEFINE_integer("videos_per_shard", 256, "Videos per TFRecord shard.")
+  flags.DEFINE_enum("missing_videos", "error", ["error", "drop"], "What to do with videos absent from the features.")
+
+
+if __name__ == "__main__":
+  from absl import app
+  define_flags()
+  app.run(main)

@@ -1,0 +1,178 @@
+"""Pre-extracted feature files: h5 (`vid_name -> [rows, dim]`) or a folder of `.npy`.
+
+Shapes are checked up front from metadata (missing videos, zero rows, a width
+that differs from the others) so a bad file fails before any shard is written;
+values (NaN/Inf) are checked as each video is read. Every failure is a one-line
+`DataError` naming the file, the video and the field.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from data_prep.records import DataError
+
+
+class FeatureFile:
+  """Read-only view of one feature source: an h5 file or a folder of `<vid>.npy`."""
+
+  def __init__(self, path: str, field: str):
+    self.path, self.field = path, field
+    if os.path.isdir(path):
+      self._h5 = None
+      self._names = {f[:-4] for f in os.listdir(path) if f.endswith(".npy")}
+    elif os.path.isfile(path):
+      try:
+        self._h5 = h5py.File(path, "r")
+      except OSError as e:
+        raise DataError(path, "<file>", field, f"cannot open as h5 ({e})") from None
+      self._names = None
+    else:
+      raise DataError(path, "<file>", field, "feature file or folder does not exist")
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._h5 if self._h5 is not None else name in self._names
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    if self._h5 is not None:
+      return tuple(self._h5[name].shape)
+    return tuple(np.load(os.path.join(self.path, name + ".npy"), mmap_mode="r").shape)
+
+  def read(self, name: str) -> np.ndarray:
+    """float32 `[rows, dim]` (or `[rows]` for masks), NaN/Inf rejected."""
+    if name not in self:
+      raise DataError(self.path, f"video {name}", self.field, "video missing from the feature file")
+    if self._h5 is not None:
+      arr = np.asarray(self._h5[name], dtype=np.float32)
+    else:
+      arr = np.load(os.path.join(self.path, name + ".npy")).astype(np.float32)
+    if not np.all(np.isfinite(arr)):
+      bad = int(np.argwhere(~np.isfinite(arr))[0][0])
+      raise DataError(self.path, f"video {name}", self.field, f"NaN or Inf in features (row {bad})")
+    return arr
+
+  def close(self):
+    if self._h5 is not None:
+      self._h5.close()
+
+
+def check_videos(source: FeatureFile, names: Sequence[str], *, expected_dim: int | None = None) -> int:
+  """Checks presence, non-empty rows and a common width; returns the width.
+
+  Raises DataError on the first video that is missing, has zero rows or a width
+  different from the others.
+  """
+  dim = expected_dim
+  first = None
+  for name in names:
+    if name not in source:
+      raise DataError(source.path, f"video {name}", source.field, "video missing from the feature file")
+    shape = source.shape(name)
+    if len(shape) != 2:
+      raise DataError(source.path, f"video {name}", source.field, f"expected [rows, dim], got shape {shape}")
+    if shape[0] == 0:
+      raise DataError(source.path, f"video {name}", source.field, "video has zero frames")
+    if dim is None:
+      dim, first = shape[1], name
+    elif shape[1] != dim:
+      ref = f"video {first}" if first else "the other files"
+      raise DataError(source.path, f"video {name}", source.field,
+                      f"feature width {shape[1]} differs from {dim} of {ref}")
+  return int(dim or 0)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+  """Row-wise L2 normalisation, as TVR's released features are used."""
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class VisualFeatures:
+  """Visual features of a video: one file, or several concatenated row-wise.
+
+  TVR ships either the concatenated ResNet-152 + I3D file (3072-d) or the two
+  files separately (2048-d and 1024-d); separate files can be L2-normalised
+  before concatenation. When the files disagree on the row count, the common
+  prefix is kept (the caller counts it as a repair).
+  """
+
+  def __init__(self, paths: Sequence[str], *, normalize: bool = False):
+    self.files = [FeatureFile(p, "video") for p in paths]
+    self.normalize = normalize
+
+  def check(self, names: Sequence[str]) -> int:
+    return sum(check_videos(f, names) for f in self.files)
+
+  def read(self, name: str) -> tuple[np.ndarray, bool]:
+    """Returns (`[rows, dim]` features, whether rows had to be truncated to agree)."""
+    parts = [f.read(name) for f in self.files]
+    if self.normalize:
+      parts = [l2_normalize(p) for p in parts]
+    rows = min(p.shape[0] for p in parts)
+    truncated = any(p.shape[0] != rows for p in parts)
+    return np.concatenate([p[:rows] for p in parts], axis=-1), truncated
+
+  def close(self):
+    for f in self.files:
+      f.close()
+
+
+class SubtitleFeatures:
+  """TVR subtitle features: `vid -> [rows, 768]` and `vid + "-mask" -> [rows]`.
+
+  A video absent from the file gets zeros and mask 0, as the paper does; the
+  caller counts it.
+  """
+
+  def __init__(self, path: str):
+    self.file = FeatureFile(path, "subtitle")
+
+  def check(self, names: Sequence[str]) -> int:
+    present = [n for n in names if n in self.file]
+    if not present:
+      raise DataError(self.file.path, "<file>", "subtitle", "no video of the split is in the subtitle file")
+    return check_videos(self.file, present)
+
+  def read(self, name: str, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Returns (`[rows, dim]` features, `[rows]` int32 mask, repair reason or None)."""
+    if name not in self.file:
+      return np.zeros((rows, dim), np.float32), np.zeros((rows,), np.int32), "video without subtitles: zeros"
+    feats = self.file.read(name)
+    mask_key = name + "-mask"
+    if mask_key in self.file:
+      mask = self.file.read(mask_key).reshape(-1)
+    else:
+      mask = (np.abs(feats).sum(-1) > 0).astype(np.float32)
+    if mask.shape[0] != feats.shape[0]:
+      raise DataError(self.file.path, f"video {name}", "subtitle-mask",
+                      f"mask has {mask.shape[0]} rows, features {feats.shape[0]}")
+    reason = None
+    if feats.shape[0] != rows:
+      reason = "subtitle rows differ from video rows: cut or zero-padded"
+      out = np.zeros((rows, dim), np.float32)
+      out_mask = np.zeros((rows,), np.float32)
+      n = min(rows, feats.shape[0])
+      out[:n], out_mask[:n] = feats[:n], mask[:n]
+      feats, mask = out, out_mask
+    return feats, (mask > 0).astype(np.int32), reason
+
+  def close(self):
+    self.file.close()
+
+
+def average_pool_rows(x: np.ndarray, max_rows: int) -> np.ndarray:
+  """Resamples `[T, dim]` to `[min(T, max_rows), dim]` by averaging equal groups of rows.
+
+  Group j covers rows `[floor(j*T/N), floor((j+1)*T/N))`, so every row is used
+  once and each output row spans (close to) `T/N` input rows; the output row
+  therefore covers `duration / N` seconds.
+  """
+  t = x.shape[0]
+  if t <= max_rows:
+    return x
+  edges = (np.arange(max_rows + 1) * t) // max_rows
+  sums = np.add.reduceat(x, edges[:-1], axis=0)
+  return (sums / np.diff(edges)[:, None]).astype(np.float32)

@@ -1,0 +1,158 @@
+"""Record schemas of prepared data, the one-line data error, and the repair log.
+
+Prepared data is two TFDS-readable datasets per source (see docs/data_format.md):
+`videos` (one record per video: features stored once, plus the video's queries
+with ground truth, so training never duplicates features per query) and
+`queries` (one record per query, small: the eval binary reads all of them).
+The schemas live here so the writer and every reader agree.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+PREPARED_FORMAT_VERSION = 1
+DATASET_VERSION = "1.0.0"
+
+
+class DataError(ValueError):
+  """Bad input. The message is one line naming the file, the record and the field."""
+
+  def __init__(self, path: str, record: str, field: str, problem: str):
+    self.path, self.record, self.field, self.problem = path, record, field, problem
+    super().__init__(f"{path}: {record}: field '{field}': {problem}")
+
+
+@dataclasses.dataclass
+class Query:
+  """One query with its ground truth (st = ed = 0 and vid_name = "" when unknown)."""
+  desc_id: int
+  desc: str
+  vid_name: str = ""
+  st: float = 0.0
+  ed: float = 0.0
+  duration: float = 0.0
+  type: str = ""
+  token_ids: np.ndarray | None = None  # int32 [n_tokens], [CLS] ... [SEP]
+
+
+@dataclasses.dataclass
+class VideoEntry:
+  """A video of a split before its features are read."""
+  vid_name: str
+  video_index: int
+  duration: float
+  queries: list[Query]
+
+
+class RepairLog:
+  """Counts repaired and dropped records by reason, with a few examples each."""
+
+  def __init__(self):
+    self.repaired: collections.Counter = collections.Counter()
+    self.dropped: collections.Counter = collections.Counter()
+    self.examples: dict[str, list[str]] = collections.defaultdict(list)
+
+  def repair(self, reason: str, example: str):
+    self.repaired[reason] += 1
+    if len(self.examples[reason]) < 3:
+      self.examples[reason].append(example)
+
+  def drop(self, reason: str, example: str):
+    self.dropped[reason] += 1
+    if len(self.examples[reason]) < 3:
+      self.examples[reason].append(example)
+
+  def merge(self, other: dict[str, Any]):
+    """Adds counts saved by `to_dict` (shards written by an earlier, interrupted run)."""
+    self.repaired.update(other.get("repaired", {}))
+    self.dropped.update(other.get("dropped", {}))
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"repaired": dict(self.repaired), "dropped": dict(self.dropped),
+            "examples": {k: v for k, v in self.examples.items()}}
+
+
+def video_features(video_dim: int, subtitle_dim: int):
+  """TFDS features of a `videos` record. subtitle_dim == 0: no subtitle stream."""
+  import tensorflow_datasets as tfds  # Deferred: keeps `import data_prep.records` light.
+  f = tfds.features
+  spec = {
+      "vid_name": f.Text(),
+      "video_index": f.Scalar(np.int64),
+      "duration": f.Scalar(np.float32),
+      "frame_seconds": f.Scalar(np.float32),
+      "video": f.Tensor(shape=(None, video_dim), dtype=np.float32),
+      "queries": f.Sequence({
+          "desc_id": f.Scalar(np.int64),
+          "st": f.Scalar(np.float32),
+          "ed": f.Scalar(np.float32),
+          "token_ids": f.Sequence(f.Scalar(np.int32)),
+      }),
+  }
+  if subtitle_dim:
+    spec["subtitle"] = f.Tensor(shape=(None, subtitle_dim), dtype=np.float32)
+    spec["subtitle_mask"] = f.Tensor(shape=(None,), dtype=np.int32)
+  return f.FeaturesDict(spec)
+
+
+def query_features():
+  """TFDS features of a `queries` record."""
+  import tensorflow_datasets as tfds
+  f = tfds.features
+  return f.FeaturesDict({
+      "desc_id": f.Scalar(np.int64),
+      "desc": f.Text(),
+      "type": f.Text(),
+      "vid_name": f.Text(),
+      "video_index": f.Scalar(np.int64),
+      "st": f.Scalar(np.float32),
+      "ed": f.Scalar(np.float32),
+      "duration": f.Scalar(np.float32),
+      "token_ids": f.Sequence(f.Scalar(np.int32)),
+  })
+
+
+def video_example(entry: VideoEntry, frame_seconds: float, video: np.ndarray,
+                  subtitle: np.ndarray | None, subtitle_mask: np.ndarray | None) -> dict[str, Any]:
+  """The dict that `video_features(...).serialize_example` takes."""
+  qs = entry.queries
+  ex = {
+      "vid_name": entry.vid_name,
+      "video_index": entry.video_index,
+      "duration": entry.duration,
+      "frame_seconds": frame_seconds,
+      "video": video,
+      "queries": {
+          "desc_id": np.array([q.desc_id for q in qs], np.int64),
+          "st": np.array([q.st for q in qs], np.float32),
+          "ed": np.array([q.ed for q in qs], np.float32),
+          "token_ids": [q.token_ids for q in qs],
+      },
+  }
+  if subtitle is not None:
+    ex["subtitle"] = subtitle
+    ex["subtitle_mask"] = subtitle_mask
+  return ex
+
+
+def query_example(q: Query, video_index: int) -> dict[str, Any]:
+  return {"desc_id": q.desc_id, "desc": q.desc, "type": q.type, "vid_name": q.vid_name,
+          "video_index": video_index, "st": q.st, "ed": q.ed, "duration": q.duration,
+          "token_ids": q.token_ids}
+
+
+def shuffled_for_training(entries: list[VideoEntry], seed: int = 0) -> list[VideoEntry]:
+  """Stores training videos in a seeded random order, re-indexed.
+
+  Official orders group videos by show; shuffling once at preparation makes every
+  contiguous range of records (a shard, one host's part) a mix of the corpus, so
+  file-level shuffling plus a modest buffer shuffles well at training time.
+  """
+  order = np.random.default_rng(seed).permutation(len(entries))
+  return [VideoEntry(entries[i].vid_name, new, entries[i].duration, entries[i].queries)
+          for new, i in enumerate(order)]

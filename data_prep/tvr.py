@@ -1,0 +1,179 @@
+r"""Prepares TVR (official release layout) as TFRecord shards for hammer_jax.
+
+  python -m data_prep.tvr --annotation_dir=DIR --video_feature=video.h5 \
+      --subtitle_feature=sub.h5 --video2dur_idx=DIR/tvr_video2dur_idx.json \
+      --out_dir=data/tvr_prepared
+
+The annotation folder holds `tvr_{train,val,test_public}_release.jsonl` (missing
+files are skipped). Visual features are either the concatenated ResNet-152+I3D
+h5 (`--video_feature=a.h5`) or the two separate files
+(`--video_feature=resnet.h5,i3d.h5`, optionally `--l2_normalize`); one row per
+1.5 s. The test split's corpus is the `test_public` entry of
+`tvr_video2dur_idx.json`, since its queries carry no video names.
+Safe to re-run: finished shards are kept (see `prepared_writer`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from data_prep import annotations, features, records
+from data_prep.prepared_writer import PreparedWriter, format_summary
+from data_prep.records import DataError, Query, RepairLog, VideoEntry
+from hammer_jax import pretrained
+
+SPLIT_FILES = {"train": "tvr_train_release.jsonl", "val": "tvr_val_release.jsonl",
+               "test_public": "tvr_test_public_release.jsonl"}
+
+
+def _read_video2dur(path: str | None) -> dict[str, dict[str, list[float]]]:
+  if not path:
+    return {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise DataError(path, "<file>", "<json>", f"cannot read ({e})") from None
+
+
+def _split_entries(split: str, queries: list[Query], video2dur: dict[str, Any],
+                   path: str) -> list[VideoEntry]:
+  """The split's videos in official-index order, each with its queries."""
+  official = video2dur.get(split) or (video2dur.get("test") if split == "test_public" else None) or {}
+  if split == "test_public":
+    if not official:
+      raise DataError(path, "<file>", "video2dur_idx",
+                      "the test_public split needs --video2dur_idx with a 'test_public' entry (its corpus)")
+    names = sorted(official, key=lambda n: official[n][1])
+    return [VideoEntry(n, i, float(official[n][0]), []) for i, n in enumerate(names)]
+  by_video: dict[str, list[Query]] = {}
+  for q in queries:
+    by_video.setdefault(q.vid_name, []).append(q)
+  names = sorted(by_video, key=lambda n: (official[n][1], n) if n in official else (float("inf"), n))
+  return [VideoEntry(n, i, by_video[n][0].duration, by_video[n]) for i, n in enumerate(names)]
+
+
+def prepare_tvr(out_dir: str, *, annotation_dir: str = "", split_files: dict[str, str] | None = None,
+                video_feature: Sequence[str], subtitle_feature: str = "", video2dur_idx: str = "",
+                l2_normalize: bool = False, text_checkpoint: str = pretrained.DEFAULT_CHECKPOINT,
+                max_query_len: int = 64, clip_seconds: float = 1.5, videos_per_shard: int = 256,
+                missing_videos: str = "error") -> dict[str, Any]:
+  """Converts a TVR-layout corpus; returns the `prepared.json` manifest."""
+  if missing_videos not in ("error", "drop"):
+    raise ValueError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
+  files = dict(split_files or {})
+  if annotation_dir:
+    for split, name in SPLIT_FILES.items():
+      if split not in files and os.path.exists(os.path.join(annotation_dir, name)):
+        files[split] = os.path.join(annotation_dir, name)
+  if not files:
+    raise DataError(annotation_dir or "<flags>", "<folder>", "annotations",
+                    f"no annotation file found (expected one of {', '.join(SPLIT_FILES.values())})")
+  ckpt = pretrained.resolve_checkpoint_dir(text_checkpoint, need_weights=False)
+  tokenizer = pretrained.load_tokenizer(ckpt)
+  video2dur = _read_video2dur(video2dur_idx)
+  visual = features.VisualFeatures(list(video_feature), normalize=l2_normalize)
+  subs = features.SubtitleFeatures(subtitle_feature) if subtitle_feature else None
+
+  # Parse and check every annotation file before writing anything.
+  parsed: dict[str, tuple[list[VideoEntry], list[Query], RepairLog]] = {}
+  seen_ids: dict[int, str] = {}
+  for split, path in files.items():
+    log = RepairLog()
+    queries = annotations.read_tvr_jsonl(path, log, with_ground_truth=split != "test_public")
+    for q in queries:
+      if q.desc_id in seen_ids:
+        raise DataError(path, f"desc_id {q.desc_id}", "desc_id", f"duplicate desc_id, also in {seen_ids[q.desc_id]}")
+      seen_ids[q.desc_id] = path
+    entries = _split_entries(split, queries, video2dur, video2dur_idx or path)
+    if split == "train":
+      entries = records.shuffled_for_training(entries)
+    if missing_videos == "drop":
+      kept = [e for e in entries if all(e.vid_name in f for f in visual.files)]
+      for e in entries:
+        if e not in kept:
+          log.drop("video missing from the feature file", e.vid_name)
+          for q in e.queries:
+            log.drop("query of a dropped video", str(q.desc_id))
+      entries = [VideoEntry(e.vid_name, i, e.duration, e.queries) for i, e in enumerate(kept)]
+      queries = [q for e in entries for q in e.queries] if split != "test_public" else queries
+    annotations.tokenize_queries(queries, tokenizer, max_query_len)
+    parsed[split] = (entries, queries, log)
+
+  all_names = [e.vid_name for entries, _, _ in parsed.values() for e in entries]
+  video_dim = visual.check(all_names)
+  subtitle_dim = subs.check(all_names) if subs else 0
+
+  def load_video(entry: VideoEntry, log: RepairLog):
+    video, truncated = visual.read(entry.vid_name)
+    if truncated:
+      log.repair("visual files differ in rows: common prefix kept", entry.vid_name)
+    sub = sub_mask = None
+    if subs:
+      sub, sub_mask, reason = subs.read(entry.vid_name, video.shape[0], subtitle_dim)
+      if reason:
+        log.repair(reason, entry.vid_name)
+    return video, sub, sub_mask, clip_seconds
+
+  writer = PreparedWriter(
+      out_dir, source="tvr", video_dim=video_dim, subtitle_dim=subtitle_dim, checkpoint=ckpt,
+      vocab_sha256=pretrained.vocab_fingerprint(ckpt), videos_per_shard=videos_per_shard,
+      build_args={"files": files, "video_feature": list(video_feature), "subtitle_feature": subtitle_feature,
+                  "l2_normalize": l2_normalize, "max_query_len": max_query_len, "clip_seconds": clip_seconds,
+                  "missing_videos": missing_videos, "video2dur_idx": video2dur_idx})
+  video2idx = {}
+  for split, (entries, queries, log) in parsed.items():
+    writer.write_split(split, entries, queries, load_video, log, has_ground_truth=split != "test_public")
+    official = video2dur.get(split) or (video2dur.get("test") if split == "test_public" else None) or {}
+    video2idx[split] = {e.vid_name: int(official[e.vid_name][1]) if e.vid_name in official else e.video_index
+                        for e in entries}
+  visual.close()
+  if subs:
+    subs.close()
+  return writer.finalize({"video2idx": video2idx, "frame_seconds": clip_seconds,
+                          "max_query_len_prepared": max_query_len})
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  try:
+    manifest = prepare_tvr(
+        f.out_dir, annotation_dir=f.annotation_dir,
+        split_files={k: v for k, v in (("train", f.train_file), ("val", f.val_file),
+                                       ("test_public", f.test_public_file)) if v},
+        video_feature=f.video_feature, subtitle_feature=f.subtitle_feature, video2dur_idx=f.video2dur_idx,
+        l2_normalize=f.l2_normalize, text_checkpoint=f.text_checkpoint, max_query_len=f.max_query_len,
+        clip_seconds=f.clip_seconds, videos_per_shard=f.videos_per_shard, missing_videos=f.missing_videos)
+  except (DataError, pretrained.CheckpointError) as e:
+    raise SystemExit(f"error: {e}")
+  print(format_summary(manifest))
+
+
+def define_flags():
+  from absl import flags
+  flags.DEFINE_string("out_dir", None, "Output folder for the prepared data.", required=True)
+  flags.DEFINE_string("annotation_dir", "", "Folder with tvr_{train,val,test_public}_release.jsonl.")
+  flags.DEFINE_string("train_file", "", "Train annotation jsonl (overrides annotation_dir).")
+  flags.DEFINE_string("val_file", "", "Val annotation jsonl (overrides annotation_dir).")
+  flags.DEFINE_string("test_public_file", "", "Test-public annotation jsonl (overrides annotation_dir).")
+  flags.DEFINE_list("video_feature", None, "Visual feature h5 file(s); several are concatenated.", required=True)
+  flags.DEFINE_string("subtitle_feature", "", "Subtitle feature h5 ('' = no subtitle stream).")
+  flags.DEFINE_string("video2dur_idx", "", "tvr_video2dur_idx.json (official indices; test corpus).")
+  flags.DEFINE_bool("l2_normalize", False, "L2-normalise each visual file's rows before concatenating.")
+  flags.DEFINE_string("text_checkpoint", pretrained.DEFAULT_CHECKPOINT, "BERT folder whose tokenizer to use.")
+  flags.DEFINE_integer("max_query_len", 64, "Tokens kept per query at preparation ([CLS] and [SEP] included).")
+  flags.DEFINE_float("clip_seconds", 1.5, "Seconds covered by one feature row.")
+  flags.DEFINE_integer("videos_per_shard", 256, "Videos per TFRecord shard.")
+  flags.DEFINE_enum("missing_videos", "error", ["error", "drop"], "What to do with videos absent from the features.")
+
+
+if __name__ == "__main__":
+  from absl import app
+  define_flags()
+  app.run(main)

@@ -1,0 +1,468 @@
+"""The HAMMER model (and its FLAT baseline), its split forward, and its construction.
+
+`Hammer` (paper 3.3-3.4, supplement 6.1.3; readings fixed in
+`shared/docs/paper-notes.md`):
+
+  * one `BertEmbeddings` (the word table is shared by both text branches and the
+    MLM head);
+  * the frame encoder Phi: per clip, video tokens `[CCLS; frames of clip k]`,
+    one stream per modality, a `HierarchicalEncoder` (encoders.py);
+  * the clip encoder Psi: video tokens `phi_1 .. phi_K` (one stream per
+    modality, fed by that modality's CCLS outputs) + clip position embedding;
+  * heads: VR `theta` (Eq. 9), clip-level TL `u_B, u_E` (Eq. 11), frame-level
+    B/E/O `W` (Eq. 12), MLM (Eq. 13).
+
+FLAT (`flat=True`): the frame encoder alone over the whole video as one clip; VR
+from its CCLS output, TL from the frame-level B/E/O head only, frame MLM only.
+
+The forward is split so evaluation can cache each side of the cross encoder:
+
+  params = init_params(model, config, rng, batch)
+  q = model.apply(params, ids, mask, method=Hammer.encode_query)            # query only
+  v = model.apply(params, video, subtitle, frame_mask, method=Hammer.encode_video)  # video only
+  out = model.apply(params, q_pairs, v_pairs, method=Hammer.score_pairs)    # per pair
+
+`__call__(batch)` is the training forward: every query and every video of the
+batch is encoded once, then each query is paired with its positive video and,
+for VR, with its `neg_index` negatives.
+
+Log-scores of padded frames/clips are `NEG_INF` (finite, so sums stay finite).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hammer_jax import pretrained
+from hammer_jax.bert import BertConfig, BertEmbeddings, BertMLMHead
+from hammer_jax.encoders import SUBTITLE, VISUAL, HierarchicalEncoder, VideoInput
+
+NEG_INF = -1e9  # "log 0" for padded frames/clips; finite so that adding two stays finite.
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Static model hyper-parameters (hashable), built by `model_config(config, ...)`."""
+  bert: BertConfig                  # Text-side dims; d = bert.hidden_size. num_layers = text_layers.
+  video_dim: int                    # D_in of the visual features.
+  subtitle_dim: int = 0             # 0: no subtitle (ASR) stream.
+  text_layers: int = 5
+  video_layers: int = 1
+  cross_modal: bool = True          # Table 6.
+  clip_len: int = 16                # M (Table 7).
+  max_frames: int = 96              # Sizes the position tables; inputs may have fewer frames.
+  share_encoders: bool = False      # Table 8.
+  clip_position_embedding: bool = True  # Table 9.
+  frame_position: str = "in_clip"   # "in_clip" | "absolute".
+  flat: bool = False                # FLAT baseline.
+  dtype: str = "float32"            # Compute dtype; params are always float32.
+  with_negatives: bool = True       # __call__ scores neg_index pairs (only VR needs them).
+  frame_mlm: bool = True            # __call__ returns frame-level MLM logits.
+  clip_mlm: bool = True             # __call__ returns clip-level MLM logits (not in FLAT).
+
+  def __post_init__(self):
+    if self.frame_position not in ("in_clip", "absolute"):
+      raise ValueError(f"frame_position must be 'in_clip' or 'absolute', got '{self.frame_position}'")
+    if self.dtype not in _DTYPES:
+      raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got '{self.dtype}'")
+    if self.clip_len < 1 or self.max_frames < 1:
+      raise ValueError("clip_len and max_frames must be positive")
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    return (VISUAL, SUBTITLE) if self.subtitle_dim > 0 else (VISUAL,)
+
+  @property
+  def max_clips(self) -> int:
+    return 1 if self.flat else math.ceil(self.max_frames / self.clip_len)
+
+
+def _tile_modalities(text_vec, n: int):
+  """[..., d] -> [..., n*d]: the query vector repeated once per modality block."""
+  return jnp.concatenate([text_vec] * n, axis=-1) if n > 1 else text_vec
+
+
+class Hammer(nn.Module):
+  """HAMMER / FLAT. See the module docstring; all methods take `deterministic`."""
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    bert = cfg.bert
+    dt = _DTYPES[cfg.dtype]
+    self.embeddings = BertEmbeddings(bert, dt, jnp.float32)
+    encoder = lambda: HierarchicalEncoder(bert, cfg.text_layers, cfg.video_layers, cfg.modalities,
+                                          cfg.cross_modal, dt, jnp.float32)
+    # Frame position table: CCLS takes row 0, frame j of a clip row j+1 (in-clip,
+    # the paper-notes choice) or frame t row t+1 (absolute). FLAT's one clip is the
+    # whole video, so in-clip and absolute coincide.
+    if cfg.flat or cfg.frame_position == "absolute":
+      frame_positions = cfg.max_frames + 1
+    else:
+      frame_positions = cfg.clip_len + 1
+    self.frame_input = {m: VideoInput(bert, frame_positions, True, dt, jnp.float32) for m in cfg.modalities}
+    self.frame_encoder = encoder()
+    if not cfg.flat:
+      clip_positions = cfg.max_clips if cfg.clip_position_embedding else 0
+      # Psi's input projections (d -> d) are its own even with share_encoders: Phi's
+      # project D_in-dim features, so they cannot be the same matrices.
+      self.clip_input = {m: VideoInput(bert, clip_positions, False, dt, jnp.float32) for m in cfg.modalities}
+      if not cfg.share_encoders:
+        self.clip_encoder = encoder()
+      # Eq. 11: u_B and u_E as the two columns of one Dense.
+      self.clip_head = nn.Dense(2, dtype=jnp.float32, name="clip_head")
+    self.vr_head = nn.Dense(1, dtype=jnp.float32, name="vr_head")        # theta_VR, Eq. 9
+    self.frame_head = nn.Dense(3, dtype=jnp.float32, name="frame_head")  # W for B/E/O, Eq. 12
+    self.mlm_head = BertMLMHead(bert, dt, jnp.float32)
+
+  # -- helpers ---------------------------------------------------------------
+
+  def _psi(self) -> HierarchicalEncoder:
+    # Table 8: with sharing, Psi *is* Phi's encoder body (text branch, video layers,
+    # cross-modal layers); only the VideoInputs differ.
+    return self.frame_encoder if self.config.share_encoders else self.clip_encoder
+
+  def _clip_len(self, num_frames: int) -> int:
+    return num_frames if self.config.flat else self.config.clip_len
+
+  def _late_interaction(self, video_feat, text_cls):
+    """Without the cross-modal layer (Table 6) nothing query-dependent reaches the video
+    features, so the heads see `video * query` instead (choice): an element-wise
+    product with the text CLS, repeated per modality block. This is the usual
+    dual-encoder late interaction (theta . (a * b) is a weighted dot product), and
+    it keeps clip/frame softmaxes query-dependent (the [., TCLS] half of Eq. 11 is
+    constant over clips and cancels in the softmax).
+    video_feat [..., n*d], text_cls broadcastable [..., d] -> [..., n*d]."""
+    if self.config.cross_modal:
+      return video_feat
+    return video_feat * _tile_modalities(text_cls, len(self.config.modalities))
+
+  # -- split forward ---------------------------------------------------------
+
+  def encode_query(self, query_ids, query_mask, deterministic: bool = True) -> dict:
+    """Query-only part: the text branches of Phi and Psi.
+
+    Args:
+      query_ids, query_mask: int [B, L].
+    Returns:
+      {"frame_text": [B, L, d] Phi's text-branch output,
+       "clip_text": [B, L, d] Psi's (HAMMER only; equal to frame_text when shared),
+       "query_mask": [B, L]}.
+    """
+    if query_ids.shape[-1] > self.config.bert.max_position_embeddings:
+      raise ValueError(f"{query_ids.shape[-1]} query tokens exceed the text position table")
+    # Both text branches read the same embeddings (Psi does not read Phi's text outputs).
+    x = self.embeddings(query_ids, deterministic=deterministic)
+    frame_text = self.frame_encoder.encode_text(x, query_mask, deterministic=deterministic)
+    parts = {"frame_text": frame_text, "query_mask": query_mask}
+    if not self.config.flat:
+      parts["clip_text"] = (frame_text if self.config.share_encoders
+                            else self.clip_encoder.encode_text(x, query_mask, deterministic=deterministic))
+    return parts
+
+  def encode_video(self, video, subtitle, frame_mask, deterministic: bool = True) -> dict:
+    """Video-only part: Phi's video branches, per clip.
+
+    Args:
+      video: [B, F, video_dim]; subtitle: [B, F, subtitle_dim] or None (needed
+        iff the model has a subtitle stream); frame_mask: int [B, F].
+    Returns:
+      {"tokens": [B, n_modalities, K, 1+M, d] video-branch outputs of
+         `[CCLS; frames of clip k]` (F zero-padded to K*M),
+       "frame_mask": [B, F] as given}.
+    """
+    cfg = self.config
+    b, f = frame_mask.shape
+    if f > cfg.max_frames:
+      raise ValueError(f"{f} frames exceed max_frames={cfg.max_frames}")
+    m = self._clip_len(f)
+    k = math.ceil(f / m)
+    streams = {VISUAL: video}
+    if SUBTITLE in cfg.modalities:
+      if subtitle is None:
+        raise ValueError("the model has a subtitle stream but no subtitle features were given")
+      streams[SUBTITLE] = subtitle
+    mask = jnp.pad(frame_mask, ((0, 0), (0, k * m - f))).reshape(b * k, m)
+    token_mask = jnp.concatenate([jnp.ones((b * k, 1), mask.dtype), mask], axis=1)  # CCLS always valid.
+    if cfg.frame_position == "absolute" and not cfg.flat:
+      frame_pos = 1 + jnp.arange(k * m).reshape(k, m)                       # [K, M]
+      positions = jnp.concatenate([jnp.zeros((k, 1), jnp.int32), frame_pos], axis=1)
+      positions = jnp.broadcast_to(positions[None], (b, k, m + 1)).reshape(b * k, m + 1)
+    else:
+      positions = jnp.arange(m + 1)
+    tokens = {}
+    for name in cfg.modalities:
+      x = streams[name]
+      x = jnp.pad(x, ((0, 0), (0, k * m - f), (0, 0))).reshape(b * k, m, x.shape[-1])
+      tokens[name] = self.frame_input[name](x, positions, deterministic=deterministic)
+    out = self.frame_encoder.encode_video(tokens, token_mask, deterministic=deterministic)
+    stacked = jnp.stack([out[name].reshape(b, k, m + 1, -1) for name in cfg.modalities], axis=1)
+    return {"tokens": stacked, "frame_mask": frame_mask}
+
+  def score_pairs(self, query_parts: Mapping[str, Any], video_parts: Mapping[str, Any],
+                  deterministic: bool = True, retrieval_only: bool = False) -> dict:
+    """Everything that depends on a (query, video) pair; leading dims aligned pairwise.
+
+    Args:
+      query_parts: `encode_query` output with leading dim N.
+      video_parts: `encode_video` output with leading dim N.
+      retrieval_only: compute only the VR score (skips the text half of the
+        cross-modal layers and the TL heads).
+    Returns a dict (F frames, K clips, L tokens, d hidden):
+      "vr_score": [N] f(v, h) (Eq. 9; FLAT: theta . CCLS),
+      "clip_mask": [N, K] 1 on clips with a real frame,
+      and unless retrieval_only:
+      "start_log_scores", "end_log_scores": [N, F] log p_start / log p_end per
+        frame (HAMMER: log p_B(clip) + log p(B | frame), Eq. 10), NEG_INF on padding,
+      "frame_log_probs": [N, F, 3] log softmax over B/E/O (Eq. 12),
+      "frame_text": [N, K, L, d] Phi's per-clip text outputs (frame MLM),
+      HAMMER only: "clip_log_probs": [N, K, 2] log softmax over clips of the
+        B (column 0) and E (column 1) clip scores (Eq. 11), NEG_INF on padded
+        clips; "clip_text": [N, L, d] Psi's text outputs (clip MLM).
+    """
+    cfg = self.config
+    n_mod = len(cfg.modalities)
+    tokens = video_parts["tokens"]
+    n, _, k, t, d = tokens.shape
+    m = t - 1
+    frame_mask = video_parts["frame_mask"]
+    f = frame_mask.shape[1]
+    clip_frame_mask = jnp.pad(frame_mask, ((0, 0), (0, k * m - f))).reshape(n, k, m)
+    clip_mask = jnp.any(clip_frame_mask > 0, axis=-1).astype(jnp.int32)          # [N, K]
+    token_mask = jnp.concatenate([jnp.ones((n, k, 1), clip_frame_mask.dtype), clip_frame_mask],
+                                 axis=-1).reshape(n * k, t)
+
+    # Phi's cross-modal layer, every clip of every pair at once: the query is
+    # repeated per clip so each clip attends only to its own frames.
+    query_mask = query_parts["query_mask"]
+    frame_text_in = query_parts["frame_text"]
+    text = jnp.repeat(frame_text_in, k, axis=0)                                   # [N*K, L, d]
+    text_mask = jnp.repeat(query_mask, k, axis=0)
+    video = {name: tokens[:, i].reshape(n * k, t, d) for i, name in enumerate(cfg.modalities)}
+    text_out, video_out = self.frame_encoder.fuse(text, text_mask, video, token_mask,
+                                                  deterministic=deterministic, text_side=not retrieval_only)
+    phi = {name: video_out[name][:, 0].reshape(n, k, d) for name in cfg.modalities}  # phi_k, Eq. 7
+    out = {"clip_mask": clip_mask}
+
+    if cfg.flat:
+      ccls = jnp.concatenate([phi[name][:, 0] for name in cfg.modalities], axis=-1)  # [N, n*d]
+      vr_feat = self._late_interaction(ccls.astype(jnp.float32), frame_text_in[:, 0].astype(jnp.float32))
+      out["vr_score"] = self.vr_head(vr_feat)[:, 0]
+    else:
+      psi_enc = self._psi()
+      clip_tokens = {name: self.clip_input[name](phi[name], jnp.arange(k), deterministic=deterministic)
+                     for name in cfg.modalities}
+      clip_video = psi_enc.encode_video(clip_tokens, clip_mask, deterministic=deterministic)
+      clip_text_in = query_parts["clip_text"]
+      clip_text_out, clip_video_out = psi_enc.fuse(clip_text_in, query_mask, clip_video, clip_mask,
+                                                   deterministic=deterministic, text_side=not retrieval_only)
+      psi = jnp.concatenate([clip_video_out[name] for name in cfg.modalities], axis=-1).astype(jnp.float32)
+      psi_tcls = (clip_text_in if retrieval_only else clip_text_out)[:, 0].astype(jnp.float32)  # [N, d]
+      psi_feat = self._late_interaction(psi, psi_tcls[:, None])                   # [N, K, n*d]
+      clip_scores = self.vr_head(psi_feat)[..., 0]                                # [N, K]
+      # Eq. 9: the best clip's score, over real clips only.
+      out["vr_score"] = jnp.max(jnp.where(clip_mask > 0, clip_scores, NEG_INF), axis=-1)
+      if not retrieval_only:
+        clip_in = jnp.concatenate([psi_feat, jnp.broadcast_to(psi_tcls[:, None], (n, k, d))], axis=-1)
+        clip_logits = self.clip_head(clip_in)                                     # [N, K, 2]
+        clip_logits = jnp.where(clip_mask[..., None] > 0, clip_logits, NEG_INF)
+        out["clip_log_probs"] = jnp.where(clip_mask[..., None] > 0, jax.nn.log_softmax(clip_logits, axis=1),
+                                          NEG_INF)
+        out["clip_text"] = clip_text_out
+
+    if retrieval_only:
+      return out
+
+    # Frame level (Eq. 12): [Phi(x_t; c_k), Phi(TCLS; c_k)] -> B/E/O.
+    frames = jnp.concatenate([video_out[name][:, 1:].reshape(n, k, m, d) for name in cfg.modalities],
+                             axis=-1).astype(jnp.float32)                         # [N, K, M, n*d]
+    text_out = text_out.reshape(n, k, -1, d)
+    phi_tcls = text_out[:, :, 0].astype(jnp.float32)                              # [N, K, d]
+    frame_feat = self._late_interaction(frames, phi_tcls[:, :, None])
+    frame_in = jnp.concatenate([frame_feat, jnp.broadcast_to(phi_tcls[:, :, None], (n, k, m, d))], axis=-1)
+    frame_log_probs = jax.nn.log_softmax(self.frame_head(frame_in), axis=-1)      # [N, K, M, 3]
+    start = frame_log_probs[..., 0]
+    end = frame_log_probs[..., 1]
+    if not cfg.flat:
+      start = start + out["clip_log_probs"][:, :, None, 0]
+      end = end + out["clip_log_probs"][:, :, None, 1]
+    valid = frame_mask > 0
+    out["start_log_scores"] = jnp.where(valid, start.reshape(n, k * m)[:, :f], NEG_INF)
+    out["end_log_scores"] = jnp.where(valid, end.reshape(n, k * m)[:, :f], NEG_INF)
+    out["frame_log_probs"] = jnp.where(valid[..., None], frame_log_probs.reshape(n, k * m, 3)[:, :f], 0.0)
+    out["frame_text"] = text_out
+    return out
+
+  def predict_masked(self, text, mlm_positions):
+    """MLM logits at the masked positions only (never [.., L, vocab]).
+
+    text: [N, ..., L, d] text outputs; mlm_positions: int [N, P].
+    Returns float32 [N, ..., P, vocab].
+    """
+    pos = mlm_positions.reshape(mlm_positions.shape[:1] + (1,) * (text.ndim - 3) + mlm_positions.shape[1:] + (1,))
+    picked = jnp.take_along_axis(text, pos, axis=-2)                              # [N, ..., P, d]
+    return self.mlm_head(picked, self.embeddings)
+
+  # -- training forward ------------------------------------------------------
+
+  def __call__(self, batch: Mapping[str, Any], deterministic: bool = True) -> dict:
+    """Training forward over a batch (docs/data_format.md).
+
+    Returns the positive pairs' `score_pairs` outputs (without the text
+    outputs), plus
+      "vr_scores": [B, 1+J] f(v, h) of the positive (column 0) and of the
+        `neg_index` negatives (only column 0 when `with_negatives` is off),
+      "frame_mlm_logits": [B, K, P, vocab] (frame_mlm on),
+      "clip_mlm_logits": [B, P, vocab] (clip_mlm on, HAMMER only).
+    """
+    cfg = self.config
+    queries = self.encode_query(batch["query_ids"], batch["query_mask"], deterministic)
+    videos = self.encode_video(batch["video"], batch.get("subtitle"), batch["frame_mask"], deterministic)
+    positive = self.score_pairs(queries, videos, deterministic)
+    out = {key: value for key, value in positive.items() if key not in ("frame_text", "clip_text")}
+    vr_scores = positive["vr_score"][:, None]
+    if cfg.with_negatives and "neg_index" in batch and batch["neg_index"].shape[1] > 0:
+      neg_index = batch["neg_index"]
+      b, j = neg_index.shape
+      neg_queries = jax.tree_util.tree_map(lambda x: jnp.repeat(x, j, axis=0), queries)
+      neg_videos = jax.tree_util.tree_map(lambda x: x[neg_index.reshape(-1)], videos)
+      negative = self.score_pairs(neg_queries, neg_videos, deterministic, retrieval_only=True)
+      vr_scores = jnp.concatenate([vr_scores, negative["vr_score"].reshape(b, j)], axis=1)
+    out["vr_scores"] = vr_scores
+    if cfg.frame_mlm:
+      out["frame_mlm_logits"] = self.predict_masked(positive["frame_text"], batch["mlm_positions"])
+    if cfg.clip_mlm and not cfg.flat:
+      out["clip_mlm_logits"] = self.predict_masked(positive["clip_text"], batch["mlm_positions"])
+    return out
+
+
+# -- construction --------------------------------------------------------------
+
+def text_bert_config(config) -> BertConfig:
+  """The text side's BertConfig: the checkpoint's (config.json only) or `config.model.bert`.
+
+  Dropout rates are `config.model.dropout_rate` everywhere (hidden and attention),
+  whatever the checkpoint says, so that one knob controls the whole model.
+  """
+  mc = config.model
+  if mc.text_checkpoint:
+    folder = pretrained.resolve_checkpoint_dir(mc.text_checkpoint)
+    bert = BertConfig.from_hf_dict(pretrained.read_bert_config(folder))
+    if bert.num_layers < mc.text_layers:
+      raise pretrained.CheckpointError(
+          f"{folder}: text_layers={mc.text_layers} but the checkpoint has {bert.num_layers} layers")
+  else:
+    bert = BertConfig(**dict(mc.bert))
+  bert = dataclasses.replace(bert, num_layers=mc.text_layers, dropout_rate=mc.dropout_rate,
+                             attention_dropout_rate=mc.dropout_rate)
+  if mc.max_query_len > bert.max_position_embeddings:
+    raise ValueError(f"max_query_len={mc.max_query_len} exceeds max_position_embeddings={bert.max_position_embeddings}")
+  return bert
+
+
+def model_config(config, video_dim: int, subtitle_dim: int = 0) -> ModelConfig:
+  """ModelConfig from the ml_collections config and the data's feature widths."""
+  mc = config.model
+  use_subtitles = bool(config.data.get("use_subtitles", True))
+  return ModelConfig(
+      bert=text_bert_config(config),
+      video_dim=int(video_dim),
+      subtitle_dim=int(subtitle_dim) if use_subtitles else 0,
+      text_layers=mc.text_layers,
+      video_layers=mc.video_layers,
+      cross_modal=mc.cross_modal,
+      clip_len=mc.clip_len,
+      max_frames=mc.max_frames,
+      share_encoders=mc.share_encoders,
+      clip_position_embedding=mc.clip_position_embedding,
+      frame_position=mc.frame_position,
+      flat=mc.flat,
+      dtype=mc.dtype,
+      with_negatives=bool(config.loss.use_vr) and config.data.num_negatives > 0,
+      frame_mlm=bool(config.loss.use_frame_mlm),
+      clip_mlm=bool(config.loss.use_clip_mlm) and not mc.flat,
+  )
+
+
+def create_model(config, video_dim: int, subtitle_dim: int = 0) -> Hammer:
+  """The Hammer module for `config` (subtitle stream iff subtitle_dim > 0 and data.use_subtitles)."""
+  return Hammer(model_config(config, video_dim, subtitle_dim))
+
+
+def dummy_batch(config, video_dim: int, subtitle_dim: int = 0, batch_size: int = 2) -> dict:
+  """A zero batch with the shapes of docs/data_format.md (for init / eval_shape)."""
+  b, f, l = batch_size, config.data.max_frames, config.data.max_query_len
+  j, p = config.data.num_negatives, config.data.max_mlm_predictions
+  batch = {
+      "query_ids": np.zeros((b, l), np.int32), "query_mask": np.ones((b, l), np.int32),
+      "mlm_positions": np.zeros((b, p), np.int32), "mlm_targets": np.zeros((b, p), np.int32),
+      "mlm_weights": np.zeros((b, p), np.float32),
+      "video": np.zeros((b, f, video_dim), np.float32), "frame_mask": np.ones((b, f), np.int32),
+      "start_frame": np.zeros((b,), np.int32), "end_frame": np.zeros((b,), np.int32),
+      "start_clip": np.zeros((b,), np.int32), "end_clip": np.zeros((b,), np.int32),
+      "frame_labels": np.zeros((b, f, 3), np.float32),
+      "neg_index": np.zeros((b, j), np.int32), "neg_mask": np.zeros((b, j), np.float32),
+      "example_mask": np.ones((b,), np.int32),
+  }
+  if subtitle_dim > 0 and config.data.get("use_subtitles", True):
+    batch["subtitle"] = np.zeros((b, f, subtitle_dim), np.float32)
+  return batch
+
+
+def init_random_params(model: Hammer, rng, example_batch: Mapping[str, Any]) -> dict:
+  """Random initial params ({"params": ...}); pure, so usable under jax.eval_shape / jit."""
+  return model.init({"params": rng}, example_batch, deterministic=True)
+
+
+def init_params(model: Hammer, config, rng, example_batch: Mapping[str, Any]) -> dict:
+  """Random init, then the text side from `config.model.text_checkpoint` (if set)."""
+  params = init_random_params(model, rng, example_batch)
+  return load_pretrained_text(params, config)
+
+
+def _replace_subtree(old, new, path: str):
+  """`new` (numpy, checkpoint) cast and placed like `old`; keys and shapes must agree."""
+  if isinstance(old, Mapping):
+    if not isinstance(new, Mapping) or set(old) != set(new):
+      raise ValueError(f"{path}: checkpoint keys {sorted(new) if isinstance(new, Mapping) else type(new)} "
+                       f"!= model keys {sorted(old)}")
+    return {key: _replace_subtree(old[key], new[key], f"{path}/{key}") for key in old}
+  if tuple(old.shape) != tuple(np.shape(new)):
+    raise ValueError(f"{path}: checkpoint shape {np.shape(new)} != model shape {tuple(old.shape)}")
+  value = np.asarray(new, dtype=old.dtype)
+  sharding = getattr(old, "sharding", None)
+  return jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
+
+
+def load_pretrained_text(params: Mapping[str, Any], config) -> dict:
+  """Overwrites the embeddings, both text branches (+ MLM head if the checkpoint has one).
+
+  Each text branch takes the checkpoint's first `config.model.text_layers` layers.
+  Returns new params (the input is not modified); a leaf keeps its sharding when
+  it is a jax.Array. No-op when `config.model.text_checkpoint` is None.
+  """
+  checkpoint = config.model.text_checkpoint
+  if not checkpoint:
+    return params
+  from hammer_jax.bert_checkpoint import load_bert_checkpoint  # Deferred: reads safetensors.
+  _, ckpt = load_bert_checkpoint(checkpoint, num_layers=config.model.text_layers)
+  if "params" in params:
+    return {**params, "params": load_pretrained_text(params["params"], config)}
+  p = dict(params)
+  p["embeddings"] = _replace_subtree(p["embeddings"], ckpt["embeddings"], "embeddings")
+  for enc in ("frame_encoder", "clip_encoder"):  # clip_encoder absent in FLAT / when shared.
+    if enc in p:
+      p[enc] = {**p[enc], "text_branch": _replace_subtree(p[enc]["text_branch"], ckpt["encoder"],
+                                                          f"{enc}/text_branch")}
+  if "mlm_head" in ckpt and "mlm_head" in p:
+    p["mlm_head"] = _replace_subtree(p["mlm_head"], ckpt["mlm_head"], "mlm_head")
+  return p

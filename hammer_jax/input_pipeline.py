@@ -1,0 +1,375 @@
+"""tf.data input pipeline: prepared shards -> fixed-shape batches -> global arrays.
+
+Training (`TrainBatches`): each JAX process reads its own contiguous range of the
+split's video records (`process_range`), so processes see disjoint videos whose
+union is the split. One epoch = every query of the range once: video records are
+read in a per-epoch shuffled file order, flat-mapped into one example per query
+(the video's features are shared, not copied), shuffled with a per-epoch seed and
+batched. Everything is a function of (seed, epoch), so a run restarted at step s
+skips straight to epoch `s*B // n` and re-reads at most one epoch to land on
+exactly the next unseen example. MLM masking and VR negatives are drawn per batch
+on the host from numpy generators keyed by (seed, step, process), so they too are
+identical after a restart.
+
+Evaluation: `eval_video_batches` streams the split's corpus once (for caching
+video-only model parts) and `eval_query_batches` gives every query exactly once;
+both pad the last batch (`example_mask` 0) and give every process the same
+number of batches, which global arrays need.
+
+Batch keys and shapes: docs/data_format.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator
+
+import numpy as np
+
+from hammer_jax.prepared_data import PreparedData, QueryTable
+
+HOST_ONLY_KEYS = ("desc_id",)  # int64 ids stay on the host; devices get the rest.
+
+
+class ShardError(IOError):
+  """A TFRecord shard is corrupted or truncated; the message names the shard."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSpec:
+  """What the pipeline needs from `config.data` (see configs/base.py)."""
+  max_frames: int
+  max_query_len: int
+  clip_len: int
+  num_negatives: int = 3
+  mlm_probability: float = 0.15
+  max_mlm_predictions: int = 5
+  mlm_seed: int = 1
+  shuffle_buffer: int = 256
+  use_subtitles: bool = True
+
+  @classmethod
+  def from_config(cls, data_config) -> "PipelineSpec":
+    return cls(**{f.name: data_config[f.name] for f in dataclasses.fields(cls)})
+
+
+def process_range(n: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """Contiguous, disjoint `[start, end)` ranges of n items covering all of them."""
+  return n * process_index // process_count, n * (process_index + 1) // process_count
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax
+    return jax.process_index(), jax.process_count()
+  return process_index, process_count
+
+
+def seconds_to_frames(st, ed, frame_seconds, n_frames):
+  """Ground truth seconds -> (start, end) frames, paper-notes' rule (numpy or tf).
+
+  start = floor(st / delta), end = ceil(ed / delta) - 1, both clamped to
+  [0, n_frames - 1], and end >= start.
+  """
+  import tensorflow as tf
+  start = tf.cast(tf.math.floor(st / frame_seconds), tf.int32)
+  end = tf.cast(tf.math.ceil(ed / frame_seconds), tf.int32) - 1
+  start = tf.clip_by_value(start, 0, n_frames - 1)
+  end = tf.clip_by_value(end, 0, n_frames - 1)
+  return start, tf.maximum(end, start)
+
+
+def _pad_rows(x, rows: int):
+  """`[n, ...]` -> `[rows, ...]`: truncated or zero-padded along the first axis."""
+  import tensorflow as tf
+  x = x[:rows]
+  pad = [[0, rows - tf.shape(x)[0]]] + [[0, 0]] * (len(x.shape) - 1)
+  return tf.pad(x, pad)
+
+
+def _query_tokens(token_ids, max_len: int):
+  """`[n]` -> padded `[max_len]` ids and mask; over-long queries keep their last [SEP]."""
+  import tensorflow as tf
+  n = tf.shape(token_ids)[0]
+  ids = tf.cond(n > max_len,
+                lambda: tf.concat([token_ids[:max_len - 1], token_ids[-1:]], 0),
+                lambda: token_ids)
+  mask = tf.ones_like(ids)
+  return _pad_rows(ids, max_len), _pad_rows(mask, max_len)
+
+
+def _video_fields(rec: dict[str, Any], spec: PipelineSpec, with_subtitles: bool) -> dict[str, Any]:
+  import tensorflow as tf
+  n = tf.minimum(tf.shape(rec["video"])[0], spec.max_frames)
+  out = {
+      "video": _pad_rows(rec["video"], spec.max_frames),
+      "frame_mask": tf.cast(tf.range(spec.max_frames) < n, tf.int32),
+      "video_index": tf.cast(rec["video_index"], tf.int32),
+      "duration": rec["duration"],
+      "frame_seconds": rec["frame_seconds"],
+  }
+  if with_subtitles:
+    out["subtitle"] = _pad_rows(rec["subtitle"], spec.max_frames)
+  return out, n
+
+
+def _labels(st, ed, frame_seconds, n, spec: PipelineSpec) -> dict[str, Any]:
+  """Frame- and clip-level TL labels of one example."""
+  import tensorflow as tf
+  start, end = seconds_to_frames(st, ed, frame_seconds, n)
+  frames = tf.range(spec.max_frames)
+  is_b = tf.cast(frames == start, tf.float32)
+  is_e = tf.cast(frames == end, tf.float32)
+  valid = tf.cast(frames < n, tf.float32)
+  # A one-frame moment is both B and E: split the target mass between them.
+  both = is_b * is_e
+  b = is_b - 0.5 * both
+  e = is_e - 0.5 * both
+  o = valid * (1.0 - is_b) * (1.0 - is_e)
+  return {"start_frame": start, "end_frame": end,
+          "start_clip": start // spec.clip_len, "end_clip": end // spec.clip_len,
+          "frame_labels": tf.stack([b, e, o], axis=-1)}
+
+
+class TrainBatches:
+  """Infinite, deterministic, resumable training batches of one process (numpy dicts).
+
+  Args:
+    data: prepared corpus.
+    split: usually "train".
+    spec: pipeline settings (config.data).
+    local_batch_size: examples per step from this process (global / process_count).
+    seed: data-order seed (config.seed).
+    start_step: first step to produce (resuming).
+    global_offset: row of this process's first example in the global batch
+      (`neg_index` is global; see `local_batch_offset`).
+  """
+
+  def __init__(self, data: PreparedData, split: str, spec: PipelineSpec, *, local_batch_size: int,
+               seed: int, start_step: int = 0, process_index: int | None = None,
+               process_count: int | None = None, global_offset: int = 0):
+    import tensorflow as tf
+    self.spec, self.seed, self.step = spec, seed, start_step
+    self.local_batch_size, self.global_offset = local_batch_size, global_offset
+    self.process_index, self.process_count = _process(process_index, process_count)
+    info = data.split(split)
+    self.with_subtitles = bool(data.subtitle_dim) and spec.use_subtitles
+    self.special = data.manifest["special_token_ids"]
+    self.vocab_size = int(data.manifest["vocab_size"])
+    start, end = process_range(info["num_videos"], self.process_index, self.process_count)
+    self.num_examples = int(sum(info["queries_per_video"][start:end]))
+    if self.num_examples == 0:
+      raise ValueError(f"{data.path}: split '{split}' has no queries for process {self.process_index}")
+    builder = data.builder("videos")
+    self.instructions = builder.info.splits[f"{split}[{start}:{end}]"].file_instructions
+    self._features = builder.info.features
+    consumed = start_step * local_batch_size
+    first_epoch, skip = divmod(consumed, self.num_examples)
+    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(
+        lambda e: self._epoch(e).skip(tf.where(e == first_epoch, tf.constant(skip, tf.int64),
+                                                  tf.constant(0, tf.int64))))
+    ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(2)
+    self._iter = iter(ds.as_numpy_iterator())
+
+  def _epoch(self, epoch):
+    """All queries of this process's videos once, in an order fixed by (seed, epoch)."""
+    import tensorflow as tf
+    files = tf.constant([i.filename for i in self.instructions])
+    skips = tf.constant([i.skip for i in self.instructions], tf.int64)
+    takes = tf.constant([i.take for i in self.instructions], tf.int64)
+    seed = tf.stack([tf.constant(self.seed, tf.int64), epoch])
+    order = tf.random.experimental.stateless_shuffle(tf.range(len(self.instructions)), seed=seed)
+    shards = tf.data.Dataset.from_tensor_slices(
+        (tf.gather(files, order), tf.gather(skips, order), tf.gather(takes, order)))
+    records = shards.interleave(lambda f, s, t: tf.data.TFRecordDataset(f).skip(s).take(t),
+                                cycle_length=min(4, len(self.instructions)), block_length=1,
+                                deterministic=True)
+    examples = records.map(self._features.deserialize_example, num_parallel_calls=tf.data.AUTOTUNE,
+                           deterministic=True).flat_map(self._examples_of_video)
+    buffer_seed = epoch * 1_000_003 + self.seed
+    return examples.shuffle(max(1, self.spec.shuffle_buffer), seed=buffer_seed)
+
+  def _examples_of_video(self, rec):
+    """One video record -> one padded example per query (features shared)."""
+    import tensorflow as tf
+    video, n = _video_fields(rec, self.spec, self.with_subtitles)
+    q = rec["queries"]
+
+    def one(desc_id, st, ed, token_ids):
+      ids, mask = _query_tokens(token_ids, self.spec.max_query_len)
+      ex = dict(video, desc_id=desc_id, query_ids=ids, query_mask=mask)
+      ex.update(_labels(st, ed, rec["frame_seconds"], n, self.spec))
+      return ex
+
+    per_query = tf.data.Dataset.from_tensor_slices((q["desc_id"], q["st"], q["ed"], q["token_ids"]))
+    return per_query.map(one)
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    import tensorflow as tf
+    try:
+      batch = next(self._iter)
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      raise find_bad_shard([i.filename for i in self.instructions], e) from None
+    rng = np.random.default_rng([self.spec.mlm_seed, self.step, self.process_index])
+    batch.update(mask_tokens(batch["query_ids"], batch["query_mask"], rng, self.spec, self.special,
+                             self.vocab_size))
+    rng = np.random.default_rng([self.seed, self.step, self.process_index, 7])
+    batch["neg_index"], batch["neg_mask"] = sample_negatives(
+        batch["video_index"], self.spec.num_negatives, rng, self.global_offset)
+    batch["example_mask"] = np.ones(self.local_batch_size, np.int32)
+    self.step += 1
+    return batch
+
+
+def find_bad_shard(filenames: list[str], error: Exception) -> ShardError:
+  """Re-reads each shard to name the one behind a read error."""
+  import tensorflow as tf
+  for name in dict.fromkeys(filenames):
+    try:
+      for _ in tf.data.TFRecordDataset(name):
+        pass
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      return ShardError(f"{name}: corrupted or truncated TFRecord shard ({e.message.splitlines()[0]})")
+  return ShardError(f"{filenames[0] if filenames else '?'}...: unreadable record "
+                    f"({getattr(error, 'message', str(error)).splitlines()[0]})")
+
+
+def mask_tokens(ids: np.ndarray, mask: np.ndarray, rng: np.random.Generator, spec: PipelineSpec,
+                special: dict[str, int], vocab_size: int) -> dict[str, np.ndarray]:
+  """BERT masking of `[B, L]` queries: ~15% of real tokens, 80/10/10, at most P per query.
+
+  Returns the masked `query_ids` and `mlm_positions`, `mlm_targets`, `mlm_weights` `[B, P]`.
+  """
+  b, _ = ids.shape
+  p = spec.max_mlm_predictions
+  out = ids.copy()
+  positions = np.zeros((b, p), np.int32)
+  targets = np.zeros((b, p), np.int32)
+  weights = np.zeros((b, p), np.float32)
+  never = np.isin(ids, [special["cls"], special["sep"], special["pad"]]) | (mask == 0)
+  for i in range(b):
+    cand = np.flatnonzero(~never[i])
+    if cand.size == 0:
+      continue
+    k = min(p, max(1, int(round(cand.size * spec.mlm_probability))))
+    chosen = np.sort(rng.choice(cand, size=k, replace=False))
+    positions[i, :k], targets[i, :k], weights[i, :k] = chosen, ids[i, chosen], 1.0
+    roll = rng.random(k)
+    out[i, chosen[roll < 0.8]] = special["mask"]
+    rand = chosen[(roll >= 0.8) & (roll < 0.9)]
+    out[i, rand] = rng.integers(0, vocab_size, size=rand.size)
+  return {"query_ids": out, "mlm_positions": positions, "mlm_targets": targets, "mlm_weights": weights}
+
+
+def sample_negatives(video_index: np.ndarray, num_negatives: int, rng: np.random.Generator,
+                     offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """For each example, `num_negatives` other examples of the batch with a different video.
+
+  Returns `neg_index` `[B, N]` (global rows: local + offset) and `neg_mask` `[B, N]`;
+  when the batch has too few other videos, slots repeat or are masked out.
+  """
+  b = video_index.shape[0]
+  index = np.zeros((b, num_negatives), np.int32)
+  valid = np.zeros((b, num_negatives), np.float32)
+  for i in range(b):
+    cand = np.flatnonzero(video_index != video_index[i])
+    if cand.size == 0 or num_negatives == 0:
+      index[i] = i + offset
+      continue
+    pick = rng.choice(cand, size=num_negatives, replace=cand.size < num_negatives)
+    index[i], valid[i] = pick + offset, 1.0
+  return index, valid
+
+
+def _eval_batches(n: int, batch_size: int, process_index: int, process_count: int):
+  """This process's `[start, end)` and a batch count that is equal on every process."""
+  start, end = process_range(n, process_index, process_count)
+  per_process = -(-n // process_count)
+  return start, end, max(1, -(-per_process // batch_size))
+
+
+def eval_video_batches(data: PreparedData, split: str, spec: PipelineSpec, batch_size: int, *,
+                       process_index: int | None = None,
+                       process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """The split's corpus once, in stored order: this process's share, last batch padded."""
+  import tensorflow as tf
+  pi, pc = _process(process_index, process_count)
+  info = data.split(split)
+  start, end, num_batches = _eval_batches(info["num_videos"], batch_size, pi, pc)
+  with_subtitles = bool(data.subtitle_dim) and spec.use_subtitles
+  builder = data.builder("videos")
+  instructions = builder.info.splits[f"{split}[{start}:{end}]"].file_instructions if end > start else []
+  empty = {"video": np.zeros((spec.max_frames, data.video_dim), np.float32),
+           "frame_mask": np.zeros(spec.max_frames, np.int32), "video_index": np.int32(-1),
+           "duration": np.float32(0), "frame_seconds": np.float32(1), "example_mask": np.int32(0)}
+  if with_subtitles:
+    empty["subtitle"] = np.zeros((spec.max_frames, data.subtitle_dim), np.float32)
+
+  def fields(rec):
+    out, _ = _video_fields(rec, spec, with_subtitles)
+    out["example_mask"] = tf.constant(1, tf.int32)
+    return out
+
+  records = iter(())
+  if instructions:
+    ds = tf.data.Dataset.from_tensor_slices(
+        ([i.filename for i in instructions], np.array([i.skip for i in instructions], np.int64),
+         np.array([i.take for i in instructions], np.int64)))
+    ds = ds.flat_map(lambda f, s, t: tf.data.TFRecordDataset(f).skip(s).take(t))
+    ds = ds.map(builder.info.features.deserialize_example, num_parallel_calls=tf.data.AUTOTUNE)
+    records = ds.map(fields, num_parallel_calls=tf.data.AUTOTUNE).prefetch(4).as_numpy_iterator()
+  for _ in range(num_batches):
+    rows = []
+    try:
+      for rec in records:
+        rows.append(rec)
+        if len(rows) == batch_size:
+          break
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+      raise find_bad_shard([i.filename for i in instructions], e) from None
+    rows += [empty] * (batch_size - len(rows))
+    yield {k: np.stack([r[k] for r in rows]) for k in empty}
+
+
+def eval_query_batches(queries: QueryTable, spec: PipelineSpec, batch_size: int, *,
+                       process_index: int | None = None,
+                       process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Every query of this process's share exactly once, last batch padded."""
+  pi, pc = _process(process_index, process_count)
+  start, end, num_batches = _eval_batches(len(queries), batch_size, pi, pc)
+  length = spec.max_query_len
+  for b in range(num_batches):
+    rows = np.arange(start + b * batch_size, start + (b + 1) * batch_size)
+    ids = np.zeros((batch_size, length), np.int32)
+    for j, r in enumerate(rows[rows < end]):
+      t = queries.token_ids[r]
+      t = t if len(t) <= length else np.concatenate([t[:length - 1], t[-1:]])
+      ids[j, :len(t)] = t
+    real = rows < end
+    yield {"query_ids": ids, "query_mask": (ids != 0).astype(np.int32) * real[:, None],
+           "query_index": np.where(real, rows, -1).astype(np.int32), "example_mask": real.astype(np.int32)}
+
+
+def local_batch_offset(mesh, global_batch: int, axis: str = "data") -> int:
+  """Row of this process's first example in a global batch sharded over `axis`."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec
+  sharding = NamedSharding(mesh, PartitionSpec(axis))
+  slices = [idx[0] for idx in sharding.addressable_devices_indices_map((global_batch,)).values()]
+  starts = sorted({s.start or 0 for s in slices})
+  stops = sorted({s.stop if s.stop is not None else global_batch for s in slices})
+  if stops[-1] - starts[0] != global_batch // jax.process_count():
+    raise ValueError("this process's rows of the global batch are not contiguous on the mesh")
+  return starts[0]
+
+
+def make_global_batch(batch: dict[str, np.ndarray], mesh, axis: str = "data") -> dict[str, Any]:
+  """Per-process numpy batch -> global jax.Arrays sharded over the mesh's `axis`."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec
+  sharding = NamedSharding(mesh, PartitionSpec(axis))
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in batch.items() if k not in HOST_ONLY_KEYS}
