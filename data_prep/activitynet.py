@@ -76,7 +76,8 @@ def prepare_activitynet(out_dir: str, *, annotation_dir: str = "", split_files: 
       out_dir, source="activitynet", video_dim=video_dim, subtitle_dim=0, checkpoint=ckpt,
       vocab_sha256=pretrained.vocab_fingerprint(ckpt), videos_per_shard=videos_per_shard,
       build_args={"files": files, "video_feature": video_feature, "max_frames": max_frames,
-                  "max_query_len": max_query_len, "missing_videos": missing_videos})
+                  "max_query_len": max_query_len, "missing_videos": missing_videos,
+                  "inputs": records.input_fingerprint([*files.values(), video_feature])})
   for split, (entries, queries, log) in parsed.items():
     writer.write_split(split, entries, queries, load_video, log, has_ground_truth=True)
   feats.close()

@@ -113,7 +113,7 @@ class PreparedWriter:
     from tqdm import tqdm
     progress = self._start_split(split, entries, queries)
     n_shards = max(1, -(-len(entries) // self.videos_per_shard))
-    frames_total = 0
+    frames_total, reused = 0, 0
     shard_log = RepairLog()
     bar = tqdm(total=len(entries), desc=f"{self.source} {split} videos", unit="video",
                file=sys.stderr, disable=None)
@@ -125,6 +125,7 @@ class PreparedWriter:
         frames_total += done["frames"]
         shard_log.merge(done["log"])
         bar.update(len(chunk))
+        reused += 1
         continue
       this_log = RepairLog()
       serialized, frames = [], 0
@@ -158,6 +159,7 @@ class PreparedWriter:
         "num_queries": len(queries),
         "num_frames": frames_total,
         "has_ground_truth": has_ground_truth,
+        "video_shards_reused": reused,
         "video_shard_lengths": [len(entries[i * self.videos_per_shard:(i + 1) * self.videos_per_shard])
                                 for i in range(n_shards)],
         "query_shard_lengths": [len(queries[i * self.queries_per_shard:(i + 1) * self.queries_per_shard])
@@ -212,7 +214,10 @@ def format_summary(manifest: dict[str, Any]) -> str:
            f"subtitle dim {manifest['subtitle_dim']}, vocabulary {manifest['vocab_sha256'][:12]}"]
   lines.append(f"{'split':<14}{'videos':>9}{'queries':>10}{'frames':>11}")
   for split, info in manifest["splits"].items():
-    lines.append(f"{split:<14}{info['num_videos']:>9}{info['num_queries']:>10}{info['num_frames']:>11}")
+    reused = info.get("video_shards_reused", 0)
+    lines.append(f"{split:<14}{info['num_videos']:>9}{info['num_queries']:>10}{info['num_frames']:>11}"
+                 + (f"   ({reused} of {len(info['video_shard_lengths'])} shards kept from an earlier run)"
+                    if reused else ""))
     for kind in ("repaired", "dropped"):
       for reason, n in sorted(info.get(kind, {}).items()):
         ex = info.get("examples", {}).get(reason, [])

@@ -146,6 +146,17 @@ def query_example(q: Query, video_index: int) -> dict[str, Any]:
           "token_ids": q.token_ids}
 
 
+def input_fingerprint(paths) -> dict[str, list[int]]:
+  """(size, mtime) of each input file: a changed input invalidates finished shards."""
+  import os
+  out = {}
+  for p in paths:
+    if p and os.path.exists(p):
+      st = os.stat(p)
+      out[os.path.abspath(p)] = [st.st_size, st.st_mtime_ns]
+  return out
+
+
 def shuffled_for_training(entries: list[VideoEntry], seed: int = 0) -> list[VideoEntry]:
   """Stores training videos in a seeded random order, re-indexed.
 

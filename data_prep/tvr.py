@@ -124,7 +124,9 @@ def prepare_tvr(out_dir: str, *, annotation_dir: str = "", split_files: dict[str
       vocab_sha256=pretrained.vocab_fingerprint(ckpt), videos_per_shard=videos_per_shard,
       build_args={"files": files, "video_feature": list(video_feature), "subtitle_feature": subtitle_feature,
                   "l2_normalize": l2_normalize, "max_query_len": max_query_len, "clip_seconds": clip_seconds,
-                  "missing_videos": missing_videos, "video2dur_idx": video2dur_idx})
+                  "missing_videos": missing_videos, "video2dur_idx": video2dur_idx,
+                  "inputs": records.input_fingerprint([*files.values(), *video_feature, subtitle_feature,
+                                                       video2dur_idx])})
   video2idx = {}
   for split, (entries, queries, log) in parsed.items():
     writer.write_split(split, entries, queries, load_video, log, has_ground_truth=split != "test_public")

@@ -183,7 +183,7 @@ class TrainBatches:
         (tf.gather(files, order), tf.gather(skips, order), tf.gather(takes, order)))
     records = shards.interleave(lambda f, s, t: tf.data.TFRecordDataset(f).skip(s).take(t),
                                 cycle_length=min(4, len(self.instructions)), block_length=1,
-                                deterministic=True)
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     examples = records.map(self._features.deserialize_example, num_parallel_calls=tf.data.AUTOTUNE,
                            deterministic=True).flat_map(self._examples_of_video)
     buffer_seed = epoch * 1_000_003 + self.seed

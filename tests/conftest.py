@@ -2,7 +2,9 @@
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  # Multi-process workers (tests/multihost.py) set their own count first.
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -11,3 +13,16 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared")
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
+
+import pytest  # noqa: E402
+
+SMALL_SYNTHETIC = dict(num_train_videos=40, num_val_videos=12, num_test_videos=12,
+                       visual_dim=16, subtitle_dim=8)
+
+
+@pytest.fixture(scope="session")
+def synthetic_prepared(tmp_path_factory):
+  """A small synthetic corpus, converted by the TVR converter (videos_per_shard=8)."""
+  from hammer_jax.demo_data import ensure_synthetic_prepared
+  root = tmp_path_factory.mktemp("synthetic")
+  return ensure_synthetic_prepared(str(root), synthetic=SMALL_SYNTHETIC, videos_per_shard=8, verbose=False)

@@ -1,0 +1,41 @@
+"""The embedded default corpus: synthetic data in the TVR layout, prepared once.
+
+`python -m hammer_jax.main --config=configs/demo.py` needs no downloaded data:
+it generates the synthetic corpus (`data_prep.make_synthetic`) and converts it
+with the same TVR converter real data goes through (`data_prep.tvr`). Both steps
+are skipped when their outputs are already complete, so re-running the demo
+reuses what was built.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hammer_jax import prepared_data
+
+
+def ensure_synthetic_prepared(root: str, *, synthetic: dict[str, Any] | None = None,
+                              text_checkpoint: str = "minilm", videos_per_shard: int = 64,
+                              verbose: bool = True) -> prepared_data.PreparedData:
+  """Builds (or reuses) `<root>/raw` (TVR layout) and `<root>/prepared` (shards).
+
+  Args:
+    root: folder for the corpus, e.g. `<workdir>/data`.
+    synthetic: keyword arguments of `make_synthetic_corpus` (sizes, widths, seed).
+    text_checkpoint: BERT folder or alias whose tokenizer tokenises the queries.
+  """
+  from data_prep import make_synthetic, tvr
+  from data_prep.prepared_writer import format_summary
+  raw = os.path.join(root, "raw")
+  prepared = os.path.join(root, "prepared")
+  make_synthetic.make_synthetic_corpus(raw, verbose=verbose, **(synthetic or {}))
+  # Resumable: finished shards of an identical earlier build are kept, not rewritten.
+  manifest = tvr.prepare_tvr(
+      prepared, annotation_dir=raw, video_feature=[os.path.join(raw, "video_feature.h5")],
+      subtitle_feature=os.path.join(raw, "sub_feature.h5"),
+      video2dur_idx=os.path.join(raw, "tvr_video2dur_idx.json"),
+      text_checkpoint=text_checkpoint, videos_per_shard=videos_per_shard)
+  if verbose:
+    print(format_summary(manifest))
+  return prepared_data.open_prepared(prepared)
