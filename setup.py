@@ -25,6 +25,7 @@ setuptools.setup(
         "numpy>=1.26",
         "tqdm>=4.66",
         "clu>=0.0.12",
+        "tensorboard>=2.16",
         "matplotlib>=3.8",
     ],
     extras_require={

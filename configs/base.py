@@ -31,8 +31,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.mlm_probability = 0.15
   c.data.max_mlm_predictions = 5      # P: BERT's max_predictions_per_seq, scaled to L=30
   c.data.mlm_seed = 1
-  c.data.shuffle_buffer = 256         # in videos
+  c.data.shuffle_buffer = 256         # in examples (queries); features are shared per video
   c.data.use_subtitles = True         # ignored when the data has none
+  c.data.synthetic = ml_collections.ConfigDict()  # make_synthetic_corpus kwargs (source "synthetic")
 
   c.model = ml_collections.ConfigDict()
   c.model.text_checkpoint = "minilm"  # folder of a HF BERT checkpoint, "minilm", or None (random, uses .bert)
@@ -77,6 +78,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.top_k_videos = 100
   c.eval.every_steps = 2000
   c.eval.max_queries_during_training = 500
+  c.eval.val_loss_batches = 4         # batches of the eval split for the periodic validation loss
 
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1000

@@ -6,7 +6,7 @@
 empty `data.prepared_dir` the corpus is built (once) under `<workdir>/data`.
 """
 
-from configs import base
+from configs import base, variants
 
 
 def get_config(arg: str = ""):
@@ -25,6 +25,4 @@ def get_config(arg: str = ""):
   c.eval.every_steps = 200
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200
-  if arg:
-    raise ValueError(f"configs/demo.py takes no variant, got {arg!r}")
-  return c
+  return variants.apply_variants(c, arg)

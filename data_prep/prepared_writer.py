@@ -63,6 +63,14 @@ class PreparedWriter:
     for d in self.dirs.values():
       os.makedirs(d, exist_ok=True)
     self.splits: dict[str, dict[str, Any]] = {}
+    # prepared.json means "complete": take it away while we write, and keep its
+    # content so splits prepared by an earlier run survive in the new manifest.
+    manifest_path = os.path.join(self.out_dir, "prepared.json")
+    previous_path = os.path.join(self.out_dir, ".progress", "prepared.previous.json")
+    os.makedirs(os.path.dirname(previous_path), exist_ok=True)
+    if os.path.exists(manifest_path):
+      os.replace(manifest_path, previous_path)
+    self.previous = json.load(open(previous_path)) if os.path.exists(previous_path) else None
 
   # -- one split -------------------------------------------------------------
 
@@ -189,11 +197,13 @@ class PreparedWriter:
         "splits": {},
         **pretrained.token_space(self.checkpoint),
     }
-    if os.path.exists(manifest_path):
-      old = json.load(open(manifest_path))
-      same = all(old.get(k) == manifest[k] for k in ("source", "video_dim", "subtitle_dim", "vocab_sha256"))
-      if same:  # Keep splits prepared by an earlier run with compatible settings.
-        manifest["splits"].update({k: v for k, v in old["splits"].items() if k not in self.splits})
+    old = self.previous
+    if old and all(old.get(k) == manifest[k] for k in ("source", "video_dim", "subtitle_dim", "vocab_sha256")):
+      # Keep splits prepared by an earlier run with compatible settings whose shards are still there.
+      kept = {k: v for k, v in old["splits"].items()
+              if k not in self.splits and os.path.exists(os.path.join(self.dirs["videos"], _shard_name(
+                  "videos", k, 0, len(v["video_shard_lengths"]))))}
+      manifest["splits"].update(kept)
     manifest["splits"].update(self.splits)
     manifest.update(extra or {})
     for dataset, spec, key in (("videos", self.video_spec, "video_shard_lengths"),

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-PREPARED_FORMAT_VERSION = 1
+PREPARED_FORMAT_VERSION = 2  # 2: features stored as raw bytes (Encoding.BYTES)
 DATASET_VERSION = "1.0.0"
 
 
@@ -86,7 +86,9 @@ def video_features(video_dim: int, subtitle_dim: int):
       "video_index": f.Scalar(np.int64),
       "duration": f.Scalar(np.float32),
       "frame_seconds": f.Scalar(np.float32),
-      "video": f.Tensor(shape=(None, video_dim), dtype=np.float32),
+      # Raw bytes, not a float list: ~48x faster to write and 1.6x faster to parse
+      # (benchmarks/input_pipeline_benchmark.py).
+      "video": f.Tensor(shape=(None, video_dim), dtype=np.float32, encoding=f.Encoding.BYTES),
       "queries": f.Sequence({
           "desc_id": f.Scalar(np.int64),
           "st": f.Scalar(np.float32),
@@ -95,8 +97,8 @@ def video_features(video_dim: int, subtitle_dim: int):
       }),
   }
   if subtitle_dim:
-    spec["subtitle"] = f.Tensor(shape=(None, subtitle_dim), dtype=np.float32)
-    spec["subtitle_mask"] = f.Tensor(shape=(None,), dtype=np.int32)
+    spec["subtitle"] = f.Tensor(shape=(None, subtitle_dim), dtype=np.float32, encoding=f.Encoding.BYTES)
+    spec["subtitle_mask"] = f.Tensor(shape=(None,), dtype=np.int32, encoding=f.Encoding.BYTES)
   return f.FeaturesDict(spec)
 
 

@@ -105,8 +105,10 @@ class Hammer(nn.Module):
     # Frame position table: CCLS takes row 0, frame j of a clip row j+1 (in-clip,
     # the paper-notes choice) or frame t row t+1 (absolute). FLAT's one clip is the
     # whole video, so in-clip and absolute coincide.
-    if cfg.flat or cfg.frame_position == "absolute":
+    if cfg.flat:
       frame_positions = cfg.max_frames + 1
+    elif cfg.frame_position == "absolute":
+      frame_positions = cfg.max_clips * cfg.clip_len + 1  # Frames are padded to whole clips.
     else:
       frame_positions = cfg.clip_len + 1
     self.frame_input = {m: VideoInput(bert, frame_positions, True, dt, jnp.float32) for m in cfg.modalities}

@@ -181,7 +181,7 @@ class TrainBatches:
     order = tf.random.experimental.stateless_shuffle(tf.range(len(self.instructions)), seed=seed)
     shards = tf.data.Dataset.from_tensor_slices(
         (tf.gather(files, order), tf.gather(skips, order), tf.gather(takes, order)))
-    records = shards.interleave(lambda f, s, t: tf.data.TFRecordDataset(f).skip(s).take(t),
+    records = shards.interleave(lambda f, s, t: _shard_records(f, s, t),
                                 cycle_length=min(4, len(self.instructions)), block_length=1,
                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     examples = records.map(self._features.deserialize_example, num_parallel_calls=tf.data.AUTOTUNE,
@@ -211,8 +211,8 @@ class TrainBatches:
     import tensorflow as tf
     try:
       batch = next(self._iter)
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-      raise find_bad_shard([i.filename for i in self.instructions], e) from None
+    except _READ_ERRORS() as e:
+      raise find_bad_shard(self.instructions, e) from None
     rng = np.random.default_rng([self.spec.mlm_seed, self.step, self.process_index])
     batch.update(mask_tokens(batch["query_ids"], batch["query_mask"], rng, self.spec, self.special,
                              self.vocab_size))
@@ -224,17 +224,36 @@ class TrainBatches:
     return batch
 
 
-def find_bad_shard(filenames: list[str], error: Exception) -> ShardError:
+def _READ_ERRORS():
+  import tensorflow as tf
+  # FailedPrecondition: a shard with fewer records than its metadata says (cut at a boundary).
+  return (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError)
+
+
+def _shard_records(filename, skip, take):
+  """Records `[skip, skip + take)` of one shard; fewer than `take` is an error, not a short epoch."""
+  import tensorflow as tf
+  return tf.data.TFRecordDataset(filename).skip(skip).take(take).apply(
+      tf.data.experimental.assert_cardinality(take))
+
+
+def find_bad_shard(instructions, error: Exception) -> ShardError:
   """Re-reads each shard to name the one behind a read error."""
   import tensorflow as tf
-  for name in dict.fromkeys(filenames):
+  seen = set()
+  for ins in instructions:
+    if ins.filename in seen:
+      continue
+    seen.add(ins.filename)
     try:
-      for _ in tf.data.TFRecordDataset(name):
-        pass
+      count = sum(1 for _ in tf.data.TFRecordDataset(ins.filename))
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-      return ShardError(f"{name}: corrupted or truncated TFRecord shard ({e.message.splitlines()[0]})")
-  return ShardError(f"{filenames[0] if filenames else '?'}...: unreadable record "
-                    f"({getattr(error, 'message', str(error)).splitlines()[0]})")
+      return ShardError(f"{ins.filename}: corrupted or truncated TFRecord shard ({e.message.splitlines()[0]})")
+    if count != ins.examples_in_shard:
+      return ShardError(f"{ins.filename}: truncated TFRecord shard ({count} records, metadata says "
+                        f"{ins.examples_in_shard})")
+  name = instructions[0].filename if instructions else "?"
+  return ShardError(f"{name}: unreadable record ({getattr(error, 'message', str(error)).splitlines()[0]})")
 
 
 def mask_tokens(ids: np.ndarray, mask: np.ndarray, rng: np.random.Generator, spec: PipelineSpec,
@@ -318,7 +337,7 @@ def eval_video_batches(data: PreparedData, split: str, spec: PipelineSpec, batch
     ds = tf.data.Dataset.from_tensor_slices(
         ([i.filename for i in instructions], np.array([i.skip for i in instructions], np.int64),
          np.array([i.take for i in instructions], np.int64)))
-    ds = ds.flat_map(lambda f, s, t: tf.data.TFRecordDataset(f).skip(s).take(t))
+    ds = ds.flat_map(_shard_records)
     ds = ds.map(builder.info.features.deserialize_example, num_parallel_calls=tf.data.AUTOTUNE)
     records = ds.map(fields, num_parallel_calls=tf.data.AUTOTUNE).prefetch(4).as_numpy_iterator()
   for _ in range(num_batches):
@@ -328,8 +347,8 @@ def eval_video_batches(data: PreparedData, split: str, spec: PipelineSpec, batch
         rows.append(rec)
         if len(rows) == batch_size:
           break
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-      raise find_bad_shard([i.filename for i in instructions], e) from None
+    except _READ_ERRORS() as e:
+      raise find_bad_shard(instructions, e) from None
     rows += [empty] * (batch_size - len(rows))
     yield {k: np.stack([r[k] for r in rows]) for k in empty}
 

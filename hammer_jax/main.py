@@ -1,51 +1,58 @@
-r"""HAMMER main job.
+r"""HAMMER main job: trains (and periodically evaluates) a config in a workdir.
 
   python -m hammer_jax.main --config=configs/demo.py --workdir=/tmp/hammer_demo
   python -m hammer_jax.main --config=configs/tvr.py --workdir=W \
-      --config.data.prepared_dir=data/tvr_prepared
+      --config.data.prepared_dir=data/tvr_prepared --config.optim.lr=1e-4
 
 With the demo config (the embedded default) the synthetic corpus is generated and
 converted to TFRecord shards under `<workdir>/data` on the first run and reused
-afterwards. The job prints what the data holds.
+afterwards. Re-running with the same workdir resumes from the latest checkpoint.
+On a multi-host cluster (Cloud TPU VM slice) every host runs the same command;
+`jax.distributed.initialize()` is called when the environment says so (see
+docs/running.md).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
-
-from hammer_jax import demo_data, prepared_data
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/demo.py", "Config file (get_config(arg)), e.g. configs/tvr.py:flat.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for data (demo), checkpoints, logs and results.", required=True)
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0, for a multi-process job outside Cloud TPU.")
+flags.DEFINE_integer("num_processes", 1, "Processes in the job (with --coordinator_address).")
+flags.DEFINE_integer("process_id", 0, "This process's index (with --coordinator_address).")
 
 
-def open_data(config, workdir: str) -> prepared_data.PreparedData:
-  """The configured prepared data; the demo builds its synthetic corpus on first use."""
-  if config.data.source == "synthetic" and not config.data.prepared_dir:
-    return demo_data.ensure_synthetic_prepared(
-        os.path.join(workdir, "data"), synthetic=dict(config.data.synthetic),
-        text_checkpoint=config.model.text_checkpoint or "minilm")
-  return prepared_data.open_prepared(config.data.prepared_dir)
+def initialize_distributed() -> None:
+  """Starts jax.distributed when the job spans several processes."""
+  import jax
+  if FLAGS.coordinator_address:
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu" or FLAGS.coordinator_address.startswith("127.0.0.1"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()  # Cloud TPU VM slices (and SLURM etc.) are auto-detected.
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = FLAGS.config
-  os.makedirs(FLAGS.workdir, exist_ok=True)
+  from hammer_jax import logs
+  logs.quiet_library_logs()
+  initialize_distributed()
+  from hammer_jax import prepared_data, pretrained, train
   try:
-    data = open_data(config, FLAGS.workdir)
-  except prepared_data.PreparedDataError as e:
-    raise SystemExit(f"error: {e}")
-  print(f"Data ready in {data.path}: {data.source}, video {data.video_dim}-d, "
-        f"subtitle {data.subtitle_dim}-d, splits: "
-        + ", ".join(f"{s} ({i['num_videos']} videos, {i['num_queries']} queries)"
-                    for s, i in data.manifest["splits"].items()))
+    final = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (prepared_data.PreparedDataError, pretrained.CheckpointError, train.NonFiniteLossError) as e:
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+  logging.info("Done: %s", final)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,10 @@ class QueryTable:
 def read_queries(data: PreparedData, split: str) -> QueryTable:
   """Reads the split's `queries` records in their stored order."""
   data.split(split)
-  ds = data.builder("queries").as_dataset(split=split, shuffle_files=False)
+  import tensorflow_datasets as tfds
+  # One shard at a time: TFDS interleaves shards even without shuffling.
+  ds = data.builder("queries").as_dataset(split=split, shuffle_files=False,
+                                          read_config=tfds.ReadConfig(interleave_cycle_length=1))
   cols: dict[str, list] = {k: [] for k in QueryTable.__dataclass_fields__}
   for rec in ds.as_numpy_iterator():
     for k in cols:

@@ -76,6 +76,7 @@ def read_bert_config(checkpoint_dir: str) -> dict[str, Any]:
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(checkpoint_dir: str):
   """The checkpoint's WordPiece tokenizer (transformers, offline)."""
+  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no "PyTorch was not found" notice
   import transformers  # Deferred: heavy import, not needed by the model code.
   path = resolve_checkpoint_dir(checkpoint_dir, need_weights=False)
   return transformers.BertTokenizerFast.from_pretrained(path, local_files_only=True)

@@ -98,3 +98,26 @@ def random_batch(config, batch_size: int = 4, *, seed: int = 0, num_frames=None,
   if config.data.use_subtitles:
     batch["subtitle"] = subtitle
   return batch
+
+
+def quick_params(model, batch, seed: int = 0, std: float = 0.02) -> dict:
+  """Params of the init's shapes filled from numpy: N(0, std) weights, unit LayerNorm
+  scales, small random biases.
+
+  On this CPU compiling the real random init (threefry for ~200 shapes) costs 10-30 s
+  per config, so most tests use this; `hammer.init_random_params` itself is
+  exercised by the MiniLM test. Biases are random (not zero as in the real init) so
+  that a test cannot pass because some term happens to vanish.
+  """
+  import jax
+  shapes = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)}, batch, deterministic=True))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "LayerNorm" in name and name.endswith("['scale']"):
+      return np.ones(leaf.shape, np.float32)
+    scale = std / 2 if name.endswith("['bias']") else std
+    return rng.normal(0.0, scale, leaf.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)

@@ -1,0 +1,27 @@
+"""Console logging: our progress lines stay readable, libraries' routine INFO is dropped.
+
+Orbax and TFDS log every file they touch at INFO through absl; a training run
+would print hundreds of such lines per checkpoint. Their warnings still show.
+"""
+
+import logging as std_logging
+
+from absl import logging
+
+_QUIET_PATHS = ("/orbax/", "/tensorflow_datasets/", "/etils/")
+
+
+class _LibraryInfoFilter(std_logging.Filter):
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.levelno >= std_logging.WARNING:
+      return "TensorInfo.dtype" not in record.getMessage()  # a TFDS-internal deprecation notice
+    return not any(p in record.pathname for p in _QUIET_PATHS)
+
+
+def quiet_library_logs() -> None:
+  """Installs the filter on absl's handler (idempotent)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter())
+  std_logging.getLogger("absl").addFilter(_LibraryInfoFilter())

@@ -1,0 +1,41 @@
+"""Adam with the paper's learning-rate schedule (supplement 6.1.4), built from optax.
+
+The rate rises linearly from 0 to `lr` over the first `warmup_fraction` of the
+steps, stays there, then drops to `decay_factors[i] * lr` at
+`decay_boundaries[i]` of training (paper: 0.1x at 50%, 0.01x at 75%).
+"""
+
+from __future__ import annotations
+
+import optax
+
+
+def learning_rate_schedule(optim_config) -> optax.Schedule:
+  """step -> learning rate, from `config.optim`."""
+  total = int(optim_config.num_steps)
+  warmup = max(1, int(round(optim_config.warmup_fraction * total)))
+  boundaries = [int(round(b * total)) for b in optim_config.decay_boundaries]
+  if any(b <= warmup for b in boundaries) or boundaries != sorted(boundaries):
+    raise ValueError(f"decay boundaries {boundaries} must be increasing and after the warm-up ({warmup} steps)")
+  factors = list(optim_config.decay_factors)
+  if len(factors) != len(boundaries):
+    raise ValueError("config.optim.decay_factors and decay_boundaries differ in length")
+  # piecewise_constant multiplies successive scales: convert absolute factors to ratios.
+  ratios = [f / p for f, p in zip(factors, [1.0] + factors[:-1])]
+  constant = optax.piecewise_constant_schedule(
+      init_value=optim_config.lr, boundaries_and_scales={b - warmup: r for b, r in zip(boundaries, ratios)})
+  ramp = optax.linear_schedule(0.0, optim_config.lr, warmup)
+  return optax.join_schedules([ramp, constant], [warmup])
+
+
+def make_optimizer(optim_config) -> optax.GradientTransformation:
+  """Adam (or AdamW when weight_decay > 0), optional global-norm clipping."""
+  schedule = learning_rate_schedule(optim_config)
+  parts = []
+  if optim_config.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(optim_config.grad_clip_norm))
+  if optim_config.weight_decay:
+    parts.append(optax.adamw(schedule, weight_decay=optim_config.weight_decay))
+  else:
+    parts.append(optax.adam(schedule))
+  return optax.chain(*parts)
