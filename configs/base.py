@@ -39,7 +39,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.text_checkpoint = "minilm"  # folder of a HF BERT checkpoint, "minilm", or None (random, uses .bert)
   c.model.bert = ml_collections.ConfigDict(dict(  # only used when text_checkpoint is None
       vocab_size=30522, hidden_size=384, num_heads=12, intermediate_size=1536,
-      max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12))
+      max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12,
+      hidden_act="gelu"))             # "gelu" (exact erf, as HF) | "gelu_new" | "relu"
   c.model.text_layers = 5             # first K BERT layers per text branch
   c.model.video_layers = 1
   c.model.cross_modal = True          # Table 6
@@ -50,6 +51,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.clip_position_embedding = True  # Table 9
   c.model.frame_position = "in_clip"  # "in_clip" (choice) | "absolute"
   c.model.flat = False                # FLAT baseline: frame encoder alone over the whole video
+  c.model.new_layer_init_std = 0.0    # init std of layers trained from scratch; 0: 1/sqrt(d) (choice)
   c.model.dropout_rate = 0.1
   c.model.dtype = "float32"           # compute dtype: "float32" | "bfloat16" (params stay float32)
   c.model.decoding = "greedy"         # "greedy" (section 3.5) | "joint" (arg-max over start <= end)
@@ -62,6 +64,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.loss.use_tl = True
   c.loss.use_frame_mlm = True
   c.loss.use_clip_mlm = True
+  c.loss.frame_loss_reduction = "sum"  # frame-wise B/E/O CE: "sum" over frames (Eq. 6) | "mean" (choice)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.batch_size = 128            # global

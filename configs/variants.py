@@ -24,8 +24,12 @@ OBJECTIVES = {"vr": "use_vr", "tl": "use_tl", "fm": "use_frame_mlm", "cm": "use_
 def _tiny(c):
   c.data.source = "synthetic"
   c.data.prepared_dir = ""
+  # Durations fit max_frames (16 rows of 1.5 s = 24 s): longer videos would be
+  # truncated and ~40% of the ground-truth moments (with the concepts the query
+  # names) cut off. Widths >= 55 concepts give orthonormal concept directions.
   c.data.synthetic = dict(seed=0, num_train_videos=40, num_val_videos=12, num_test_videos=12,
-                          queries_per_video=5, visual_dim=16, subtitle_dim=8)
+                          queries_per_video=5, visual_dim=64, subtitle_dim=64,
+                          min_duration=9.0, max_duration=24.0)
   c.data.train_split, c.data.eval_split = "train", "val"
   c.data.max_frames = 16
   c.data.max_query_len = 12

@@ -61,6 +61,9 @@ class BertConfig:
   hidden_act: str = "gelu"
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
+  # Std of the normal init of Dense/Embed weights (HF's initializer_range). Only
+  # matters for weights trained from scratch (see hammer.ModelConfig.new_layer_init_std).
+  initializer_range: float = 0.02
 
   def __post_init__(self):
     if self.hidden_act not in _ACTIVATIONS:
@@ -91,11 +94,11 @@ class BertConfig:
     )
 
 
-def _dense(features: int, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Dense:
+def _dense(features: int, config: "BertConfig", dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Dense:
   # HF initialises every Linear with N(0, 0.02) (initializer_range); matters only for
   # layers trained from scratch, e.g. co-attention layers without a checkpoint.
   return nn.Dense(features, dtype=dtype, param_dtype=param_dtype,
-                  kernel_init=nn.initializers.normal(0.02), name=name)
+                  kernel_init=nn.initializers.normal(config.initializer_range), name=name)
 
 
 def _layer_norm(config: BertConfig, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
@@ -111,7 +114,7 @@ class BertEmbeddings(nn.Module):
 
   def setup(self):
     cfg = self.config
-    init = nn.initializers.normal(0.02)
+    init = nn.initializers.normal(cfg.initializer_range)
     embed = lambda n, name: nn.Embed(n, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                                      embedding_init=init, name=name)
     self.word_embeddings = embed(cfg.vocab_size, "word_embeddings")
@@ -160,7 +163,7 @@ class BertAttention(nn.Module):
     heads, head_dim = cfg.num_heads, cfg.head_dim
 
     def project(x, name):  # -> [batch, tokens, heads, head_dim]
-      y = _dense(cfg.hidden_size, self.dtype, self.param_dtype, name)(x)
+      y = _dense(cfg.hidden_size, cfg, self.dtype, self.param_dtype, name)(x)
       return y.reshape(y.shape[:-1] + (heads, head_dim))
 
     q = project(hidden, "query")
@@ -174,7 +177,7 @@ class BertAttention(nn.Module):
     probs = nn.Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
     out = out.reshape(out.shape[:2] + (cfg.hidden_size,))
-    out = _dense(cfg.hidden_size, self.dtype, self.param_dtype, "output")(out)
+    out = _dense(cfg.hidden_size, cfg, self.dtype, self.param_dtype, "output")(out)
     out = nn.Dropout(cfg.dropout_rate)(out, deterministic=deterministic)
     return _layer_norm(cfg, self.dtype, self.param_dtype, "LayerNorm")(out + hidden)
 
@@ -201,9 +204,9 @@ class BertLayer(nn.Module):
       raise ValueError("BertLayer: context given without context_mask")
     x = BertAttention(cfg, self.dtype, self.param_dtype, name="attention")(
         hidden, context, context_mask, deterministic=deterministic)
-    y = _dense(cfg.intermediate_size, self.dtype, self.param_dtype, "intermediate")(x)
+    y = _dense(cfg.intermediate_size, cfg, self.dtype, self.param_dtype, "intermediate")(x)
     y = _ACTIVATIONS[cfg.hidden_act](y)
-    y = _dense(cfg.hidden_size, self.dtype, self.param_dtype, "output")(y)
+    y = _dense(cfg.hidden_size, cfg, self.dtype, self.param_dtype, "output")(y)
     y = nn.Dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     return _layer_norm(cfg, self.dtype, self.param_dtype, "LayerNorm")(y + x)
 
@@ -246,7 +249,7 @@ class BertMLMHead(nn.Module):
     `embeddings` is the (bound) BertEmbeddings whose word table is the decoder.
     """
     cfg = self.config
-    x = _dense(cfg.hidden_size, self.dtype, self.param_dtype, "transform")(hidden)
+    x = _dense(cfg.hidden_size, cfg, self.dtype, self.param_dtype, "transform")(hidden)
     x = _ACTIVATIONS[cfg.hidden_act](x)
     x = _layer_norm(cfg, self.dtype, self.param_dtype, "transform_LayerNorm")(x)
     bias = self.param("bias", nn.initializers.zeros, (cfg.vocab_size,), self.param_dtype)

@@ -66,7 +66,7 @@ class VideoInput(nn.Module):
       [batch, tokens_out, d] with tokens_out = tokens (+1 with CLS).
     """
     cfg = self.config
-    init = nn.initializers.normal(0.02)  # BERT's initializer_range, as the text side.
+    init = nn.initializers.normal(cfg.initializer_range)
     x = nn.Dense(cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init,
                  name="projection")(features)
     if self.with_cls:
@@ -133,15 +133,19 @@ class HierarchicalEncoder(nn.Module):
   cross_modal: bool = True  # Table 6: False removes the co-attention layers.
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  # Config of the layers trained from scratch (video branches, cross-modal layers):
+  # the text one with another init scale (hammer.ModelConfig.new_layer_init_std).
+  new_layer_config: BertConfig | None = None
 
   def setup(self):
     cfg = self.config
+    new = self.new_layer_config or cfg
     self.text_branch = BertEncoder(cfg, self.text_layers, self.dtype, self.param_dtype)
     # Dicts of submodules are named `<attribute>_<key>` by Flax.
-    self.video_branch = {m: BertEncoder(cfg, self.video_layers, self.dtype, self.param_dtype)
+    self.video_branch = {m: BertEncoder(new, self.video_layers, self.dtype, self.param_dtype)
                          for m in self.modalities}
     if self.cross_modal:
-      self.cross_modal_layer = {m: CoAttentionLayer(cfg, self.dtype, self.param_dtype) for m in self.modalities}
+      self.cross_modal_layer = {m: CoAttentionLayer(new, self.dtype, self.param_dtype) for m in self.modalities}
       if len(self.modalities) > 1:
         self.text_fuse_LayerNorm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype,
                                                 param_dtype=self.param_dtype)

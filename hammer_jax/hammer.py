@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -68,6 +68,12 @@ class ModelConfig:
   with_negatives: bool = True       # __call__ scores neg_index pairs (only VR needs them).
   frame_mlm: bool = True            # __call__ returns frame-level MLM logits.
   clip_mlm: bool = True             # __call__ returns clip-level MLM logits (not in FLAT).
+  # Init std of the layers trained from scratch (video branches, CCLS, cross-modal
+  # layers); 0 means 1/sqrt(d) (choice). The paper does not say; BERT's 0.02 is
+  # tuned for d = 768 text layers and leaves the randomly initialised co-attention
+  # almost uniform, so the query-video interaction that VR needs starts at ~0 and
+  # takes hundreds of steps to appear (tests/test_train.py measures the learning).
+  new_layer_init_std: float = 0.0
 
   def __post_init__(self):
     if self.frame_position not in ("in_clip", "absolute"):
@@ -100,8 +106,9 @@ class Hammer(nn.Module):
     bert = cfg.bert
     dt = _DTYPES[cfg.dtype]
     self.embeddings = BertEmbeddings(bert, dt, jnp.float32)
+    new = dataclasses.replace(bert, initializer_range=cfg.new_layer_init_std or bert.hidden_size ** -0.5)
     encoder = lambda: HierarchicalEncoder(bert, cfg.text_layers, cfg.video_layers, cfg.modalities,
-                                          cfg.cross_modal, dt, jnp.float32)
+                                          cfg.cross_modal, dt, jnp.float32, new_layer_config=new)
     # Frame position table: CCLS takes row 0, frame j of a clip row j+1 (in-clip,
     # the paper-notes choice) or frame t row t+1 (absolute). FLAT's one clip is the
     # whole video, so in-clip and absolute coincide.
@@ -111,19 +118,22 @@ class Hammer(nn.Module):
       frame_positions = cfg.max_clips * cfg.clip_len + 1  # Frames are padded to whole clips.
     else:
       frame_positions = cfg.clip_len + 1
-    self.frame_input = {m: VideoInput(bert, frame_positions, True, dt, jnp.float32) for m in cfg.modalities}
+    self.frame_input = {m: VideoInput(new, frame_positions, True, dt, jnp.float32) for m in cfg.modalities}
     self.frame_encoder = encoder()
     if not cfg.flat:
       clip_positions = cfg.max_clips if cfg.clip_position_embedding else 0
       # Psi's input projections (d -> d) are its own even with share_encoders: Phi's
       # project D_in-dim features, so they cannot be the same matrices.
-      self.clip_input = {m: VideoInput(bert, clip_positions, False, dt, jnp.float32) for m in cfg.modalities}
+      self.clip_input = {m: VideoInput(new, clip_positions, False, dt, jnp.float32) for m in cfg.modalities}
       if not cfg.share_encoders:
         self.clip_encoder = encoder()
-      # Eq. 11: u_B and u_E as the two columns of one Dense.
-      self.clip_head = nn.Dense(2, dtype=jnp.float32, name="clip_head")
-    self.vr_head = nn.Dense(1, dtype=jnp.float32, name="vr_head")        # theta_VR, Eq. 9
-    self.frame_head = nn.Dense(3, dtype=jnp.float32, name="frame_head")  # W for B/E/O, Eq. 12
+      # Eq. 11: u_B and u_E as the two columns of one Dense. No bias: a bias is the
+      # same for every clip and cancels in the softmax over clips (it would get no gradient).
+      self.clip_head = nn.Dense(2, use_bias=False, dtype=jnp.float32, name="clip_head")
+    # theta_VR, Eq. 9. No bias: it would cancel in the softmax over videos (Eq. 4).
+    self.vr_head = nn.Dense(1, use_bias=False, dtype=jnp.float32, name="vr_head")
+    # W for B/E/O, Eq. 12. The bias (a per-class prior) does not cancel over classes.
+    self.frame_head = nn.Dense(3, dtype=jnp.float32, name="frame_head")
     self.mlm_head = BertMLMHead(bert, dt, jnp.float32)
 
   # -- helpers ---------------------------------------------------------------
@@ -225,7 +235,7 @@ class Hammer(nn.Module):
       and unless retrieval_only:
       "start_log_scores", "end_log_scores": [N, F] log p_start / log p_end per
         frame (HAMMER: log p_B(clip) + log p(B | frame), Eq. 10), NEG_INF on padding,
-      "frame_log_probs": [N, F, 3] log softmax over B/E/O (Eq. 12),
+      "frame_log_probs": [N, F, 3] log softmax over B/E/O (Eq. 12), 0 on padding,
       "frame_text": [N, K, L, d] Phi's per-clip text outputs (frame MLM),
       HAMMER only: "clip_log_probs": [N, K, 2] log softmax over clips of the
         B (column 0) and E (column 1) clip scores (Eq. 11), NEG_INF on padded
@@ -392,6 +402,7 @@ def model_config(config, video_dim: int, subtitle_dim: int = 0) -> ModelConfig:
       with_negatives=bool(config.loss.use_vr) and config.data.num_negatives > 0,
       frame_mlm=bool(config.loss.use_frame_mlm),
       clip_mlm=bool(config.loss.use_clip_mlm) and not mc.flat,
+      new_layer_init_std=float(mc.get("new_layer_init_std", 0.0)),
   )
 
 

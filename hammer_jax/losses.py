@@ -10,6 +10,11 @@ padding examples (eval's last batch) count for nothing. All arithmetic is float3
     (B column of `clip_log_probs`) + CE of the end clip (E column) + the
     frame-wise B/E/O CE against `frame_labels`, **summed** over frames as Eq. 6
     writes it (padded frames have zero label rows). FLAT has no clip level.
+    Sum (default) keeps the frame term on the clip term's per-event scale: once
+    the easy O frames are learnt, it is dominated by the start and end frames,
+    like the two clip CEs. `loss.frame_loss_reduction = "mean"` (choice, the
+    PyTorch default an implementation may have used) divides it by the number
+    of real frames instead.
   MLM (Eq. 13): CE at the masked positions weighted by `mlm_weights`,
     normalised by the sum of weights (BERT). Frame level: Phi gives one
     prediction per clip; the per-clip CEs are averaged over the example's real
@@ -51,8 +56,11 @@ def vr_loss(vr_scores, neg_mask, example_weights):
   return _weighted_mean(nll, example_weights)
 
 
-def tl_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], example_weights):
+def tl_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], example_weights,
+            frame_reduction: str = "sum"):
   """Eq. 6 (+ Eq. 10-11). Returns (scalar TL, {"tl_clip": ..., "tl_frame": ...}).
+
+  frame_reduction: "sum" over frames (Eq. 6) or "mean" over real frames.
 
   outputs: "frame_log_probs" [B, F, 3] (B/E/O), and for HAMMER "clip_log_probs"
     [B, K, 2] (start-clip, end-clip log softmax over clips).
@@ -60,6 +68,10 @@ def tl_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], example_we
   """
   labels = batch["frame_labels"].astype(jnp.float32)
   frame_ce = -jnp.sum(labels * outputs["frame_log_probs"].astype(jnp.float32), axis=(1, 2))  # [B]
+  if frame_reduction == "mean":
+    frame_ce = frame_ce / jnp.maximum(jnp.sum(labels, axis=(1, 2)), 1.0)  # label rows sum to 1 on real frames
+  elif frame_reduction != "sum":
+    raise ValueError(f"frame_loss_reduction must be 'sum' or 'mean', got '{frame_reduction}'")
   terms = {"tl_frame": _weighted_mean(frame_ce, example_weights)}
   per_example = frame_ce
   if "clip_log_probs" in outputs:
@@ -116,7 +128,8 @@ def hammer_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], loss_c
     terms["vr"] = vr_loss(outputs["vr_scores"], neg_mask, example_weights)
     total = total + loss_config.vr_weight * terms["vr"]
   if loss_config.use_tl:
-    terms["tl"], parts = tl_loss(outputs, batch, example_weights)
+    terms["tl"], parts = tl_loss(outputs, batch, example_weights,
+                                 loss_config.get("frame_loss_reduction", "sum"))
     terms.update(parts)
     total = total + loss_config.tl_weight * terms["tl"]
   mlm_terms = []

@@ -84,7 +84,7 @@ def make_train_step(model, config, tx: optax.GradientTransformation, schedule, s
     (total, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(terms, loss=total, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    metrics = dict(terms, loss=total, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return jax.jit(step, in_shardings=(state_shardings, ts.batch_sharding(mesh), ts.replicated(mesh)),

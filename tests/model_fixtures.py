@@ -6,6 +6,16 @@ import numpy as np
 
 from configs.base import get_base_config
 
+# XLA's LLVM backend at -O0: compiling dominates these tests on a 2-core CPU and the
+# tiny models run in milliseconds either way (about 40% less compile time).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def fast_jit(fun, **kwargs):
+  """jax.jit with FAST_COMPILE."""
+  import jax
+  return jax.jit(fun, compiler_options=FAST_COMPILE, **kwargs)
+
 VIDEO_DIM = 12
 SUBTITLE_DIM = 10
 VOCAB = 64

@@ -8,14 +8,13 @@ the MiniLM test, which runs the real `init_params`.
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from hammer_jax import flops, hammer, losses
 from hammer_jax.hammer import Hammer
-from model_fixtures import SUBTITLE_DIM, VIDEO_DIM, quick_params, random_batch, tiny_config
+from model_fixtures import SUBTITLE_DIM, VIDEO_DIM, fast_jit, quick_params, random_batch, tiny_config
 
 # The shared configs: F padded up to 24 and L up to 12, so the same content can
 # also be fed with less padding (F=16, L=8) for the padding test.
@@ -30,7 +29,7 @@ def _setup(flat: bool):
   small = random_batch(c, 4, pad_frames_to=16, pad_query_to=8, **LENGTHS)
   model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
   params = quick_params(model, big)
-  forward = jax.jit(lambda p, b: model.apply(p, b, deterministic=True))
+  forward = fast_jit(lambda p, b: model.apply(p, b, deterministic=True))
   return c, model, params, forward, big, small
 
 
@@ -106,22 +105,26 @@ def test_padding_does_not_leak(flat):
 def test_split_forward_matches_call():
   c, model, params, forward, b, _ = _setup(False)
   out = jax.device_get(forward(params, b))
-  q = model.apply(params, b["query_ids"], b["query_mask"], method=Hammer.encode_query)
-  v = model.apply(params, b["video"], b["subtitle"], b["frame_mask"], method=Hammer.encode_video)
+  q = fast_jit(lambda p, i, m: model.apply(p, i, m, method=Hammer.encode_query))(
+      params, b["query_ids"], b["query_mask"])
+  v = fast_jit(lambda p, x, s, m: model.apply(p, x, s, m, method=Hammer.encode_video))(
+      params, b["video"], b["subtitle"], b["frame_mask"])
+  score = fast_jit(lambda p, q, v, r: model.apply(p, q, v, retrieval_only=r, method=Hammer.score_pairs),
+                   static_argnums=3)
   assert v["tokens"].shape == (4, 2, 6, 5, 32)  # [B, modalities, K, 1+M, d]
   assert q["frame_text"].shape == q["clip_text"].shape == (4, 12, 32)
   take = lambda tree, idx: jax.tree_util.tree_map(lambda x: x[np.asarray(idx)], tree)
   # Positive pairs (query i, video i), in reversed order so a pairing bug shows.
   order = np.arange(4)[::-1]
-  pos = model.apply(params, take(q, order), take(v, order), method=Hammer.score_pairs)
+  pos = score(params, take(q, order), take(v, order), False)
   for key in ("start_log_scores", "end_log_scores", "frame_log_probs", "clip_log_probs"):
     np.testing.assert_allclose(pos[key], out[key][order], rtol=1e-5, atol=1e-5, err_msg=key)
   np.testing.assert_allclose(pos["vr_score"], out["vr_scores"][order, 0], rtol=1e-5, atol=1e-5)
   # Every (query, negative video) pair, full and retrieval-only.
   qi = np.repeat(np.arange(4), c.data.num_negatives)
   vi = b["neg_index"].reshape(-1)
-  full = model.apply(params, take(q, qi), take(v, vi), method=Hammer.score_pairs)
-  fast = model.apply(params, take(q, qi), take(v, vi), method=Hammer.score_pairs, retrieval_only=True)
+  full = score(params, take(q, qi), take(v, vi), False)
+  fast = score(params, take(q, qi), take(v, vi), True)
   np.testing.assert_allclose(full["vr_score"].reshape(4, -1), out["vr_scores"][:, 1:], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(fast["vr_score"], full["vr_score"], rtol=1e-5, atol=1e-5)
   assert set(fast) == {"vr_score", "clip_mask"}
@@ -144,7 +147,7 @@ def test_ablation_variants(overrides):
     assert p["frame_input_visual"]["position_embeddings"]["embedding"].shape[0] == 20 + 1
   if overrides.get("cross_modal") is False:
     assert not any(key.startswith("cross_modal") for key in p["frame_encoder"])
-  forward = jax.jit(lambda p, b: model.apply(p, b))
+  forward = fast_jit(lambda p, b: model.apply(p, b))
   out = forward(params, b)
   k = -(-16 // c.model.clip_len)
   assert out["clip_log_probs"].shape == (3, k, 2)
@@ -164,7 +167,7 @@ def test_bfloat16_runs_and_is_close_to_float32():
   c16 = tiny_config(max_frames=24, max_query_len=12, dtype="bfloat16")
   model16 = hammer.create_model(c16, VIDEO_DIM, SUBTITLE_DIM)
   out = jax.device_get(forward(params, b))
-  out16 = jax.device_get(jax.jit(lambda p, b: model16.apply(p, b))(params, b))  # Same float32 params.
+  out16 = jax.device_get(fast_jit(lambda p, b: model16.apply(p, b))(params, b))  # Same float32 params.
   for key in ("vr_scores", "start_log_scores", "frame_log_probs", "clip_log_probs", "frame_mlm_logits"):
     a, z = np.asarray(out[key], np.float32), np.asarray(out16[key], np.float32)
     assert z.dtype == np.float32 and np.all(np.isfinite(z)), key
@@ -188,7 +191,7 @@ def test_flops_match_xla_cost_analysis(overrides):
   b = random_batch(c, 4)
   model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
   params = jax.eval_shape(lambda r: hammer.init_random_params(model, r, b), jax.random.PRNGKey(0))
-  xla = jax.jit(lambda p, x: model.apply(p, x)).lower(params, b).compile().cost_analysis()["flops"]
+  xla = fast_jit(lambda p, x: model.apply(p, x)).lower(params, b).compile().cost_analysis()["flops"]
   ours = flops.flops_per_example(c, VIDEO_DIM, SUBTITLE_DIM)
   ratio = xla / (4 * ours["forward"])
   assert 1.0 <= ratio < 1.10, ratio
@@ -208,9 +211,9 @@ def test_minilm_text_branches_equal_bert_first_layers():
   b = dict(random_batch(c, 2), query_ids=tokens, query_mask=mask)
   model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
   assert model.config.bert.hidden_size == 384 and model.config.bert.num_heads == 12
-  random = jax.jit(lambda r: hammer.init_random_params(model, r, b))(jax.random.PRNGKey(0))
+  random = fast_jit(lambda r: hammer.init_random_params(model, r, b))(jax.random.PRNGKey(0))
   params = hammer.load_pretrained_text(random, c)  # What init_params does after the random init.
-  parts = model.apply(params, tokens, mask, method=Hammer.encode_query)
+  parts = fast_jit(lambda p: model.apply(p, tokens, mask, method=Hammer.encode_query))(params)
   bert_cfg, ckpt = load_bert_checkpoint("minilm", num_layers=5)
   _, layers = BertModel(bert_cfg, 5).apply({"params": ckpt}, tokens, mask)
   real = mask > 0
@@ -229,10 +232,12 @@ def _train_setup():
   c = tiny_config(dropout_rate=0.0)
   b = random_batch(c, 4, seed=5)
   model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
-  params = quick_params(model, b, seed=1)
+  # std 0.1 ~ 1/sqrt(d) for d = 32: with BERT's 0.02 (tuned for d = 768) the tiny
+  # model's VR scores start nearly equal and VR only starts falling after ~100 steps.
+  params = quick_params(model, b, seed=1, std=0.1)
   opt = optax.adam(3e-3)
 
-  @jax.jit
+  @fast_jit
   def step(params, state):
     def loss_fn(p):
       return losses.hammer_loss(model.apply(p, b), b, c.loss)
@@ -257,10 +262,14 @@ def test_every_parameter_gets_a_gradient():
 
 def test_tiny_model_overfits_one_batch():
   params, state, step = _train_setup()
+  # Each objective falls below 0.3x its initial value within 150 Adam steps (about
+  # 80 in practice; the loop stops as soon as all three are there).
   history = []
-  for _ in range(120):
+  for _ in range(150):
     params, state, terms, _ = step(params, state)
     history.append({k: float(terms[k]) for k in ("vr", "tl", "mlm")})
+    if all(history[-1][k] < 0.3 * history[0][k] for k in history[0]):
+      break
   first, last = history[0], history[-1]
-  for key in ("vr", "tl", "mlm"):  # Each objective falls below 0.3x its initial value.
-    assert last[key] < 0.3 * first[key], (key, first[key], last[key])
+  for key in ("vr", "tl", "mlm"):
+    assert last[key] < 0.3 * first[key], (key, first[key], last[key], len(history))

@@ -1,0 +1,137 @@
+"""Each HAMMER loss against a hand-computed numpy case (losses.py)."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from hammer_jax import losses
+
+
+def _log_softmax(x, axis=-1):
+  x = np.asarray(x, np.float64)
+  m = x.max(axis=axis, keepdims=True)
+  return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+def test_vr_loss_excludes_masked_negatives_and_padding_examples():
+  scores = np.array([[2.0, 1.0, 0.5], [0.0, 3.0, -1.0], [5.0, 5.0, 5.0]], np.float32)
+  neg_mask = np.array([[1, 1], [1, 0], [1, 1]], np.float32)
+  weights = np.array([1, 1, 0], np.float32)  # Example 2 is padding.
+  # Example 0: -log(e^2 / (e^2 + e^1 + e^0.5)); example 1: the -1 negative is masked out.
+  want0 = -(2.0 - np.log(np.exp(2.0) + np.exp(1.0) + np.exp(0.5)))
+  want1 = -(0.0 - np.log(np.exp(0.0) + np.exp(3.0)))
+  got = losses.vr_loss(jnp.asarray(scores), jnp.asarray(neg_mask), jnp.asarray(weights))
+  np.testing.assert_allclose(got, (want0 + want1) / 2, rtol=1e-6)
+  # Masked negatives get exactly zero gradient, and nothing is NaN.
+  grad = jax.grad(lambda s: losses.vr_loss(s, jnp.asarray(neg_mask), jnp.asarray(weights)))(jnp.asarray(scores))
+  assert np.all(np.isfinite(grad)) and grad[1, 2] == 0 and np.all(grad[2] == 0)
+  # No negative at all: the loss is 0 (log 1).
+  np.testing.assert_allclose(losses.vr_loss(scores[:, :1], np.zeros((3, 0), np.float32), weights), 0.0, atol=1e-7)
+
+
+def test_tl_loss_clip_and_frame_terms():
+  rng = np.random.default_rng(0)
+  b, k, m = 2, 3, 2
+  clip_lp = _log_softmax(rng.normal(size=(b, k, 2)), axis=1).astype(np.float32)
+  frame_lp = _log_softmax(rng.normal(size=(b, k * m, 3)), axis=-1).astype(np.float32)
+  labels = np.zeros((b, k * m, 3), np.float32)
+  labels[0, :, 2] = 1; labels[0, 1] = (1, 0, 0); labels[0, 4] = (0, 1, 0)          # start 1, end 4
+  labels[1, :3, 2] = 1; labels[1, 2] = (0.5, 0.5, 0)                               # 3 real frames, start = end = 2
+  frame_lp[1, 3:] = 0.0  # what the model puts on padded frames
+  batch = {"frame_labels": labels, "start_clip": np.array([0, 1]), "end_clip": np.array([2, 1])}
+  weights = np.ones(2, np.float32)
+  frame_ce = [-(labels[i] * frame_lp[i]).sum() for i in range(b)]
+  clip_ce = [-(clip_lp[0, 0, 0] + clip_lp[0, 2, 1]), -(clip_lp[1, 1, 0] + clip_lp[1, 1, 1])]
+  total, terms = losses.tl_loss({"frame_log_probs": frame_lp, "clip_log_probs": clip_lp}, batch, weights)
+  np.testing.assert_allclose(terms["tl_frame"], np.mean(frame_ce), rtol=1e-5)
+  np.testing.assert_allclose(terms["tl_clip"], np.mean(clip_ce), rtol=1e-5)
+  np.testing.assert_allclose(total, np.mean(frame_ce) + np.mean(clip_ce), rtol=1e-5)
+  # "mean": the frame term divided by the number of real frames (6 and 3).
+  _, mean_terms = losses.tl_loss({"frame_log_probs": frame_lp, "clip_log_probs": clip_lp}, batch, weights, "mean")
+  np.testing.assert_allclose(mean_terms["tl_frame"], (frame_ce[0] / 6 + frame_ce[1] / 3) / 2, rtol=1e-5)
+  # FLAT: no clip level, the frame term alone.
+  flat_total, flat_terms = losses.tl_loss({"frame_log_probs": frame_lp}, batch, weights)
+  np.testing.assert_allclose(flat_total, np.mean(frame_ce), rtol=1e-5)
+  assert "tl_clip" not in flat_terms
+
+
+def test_mlm_loss_clip_level_and_frame_level():
+  rng = np.random.default_rng(1)
+  b, k, p, v = 2, 3, 2, 5
+  targets = np.array([[1, 4], [2, 0]])
+  mlm_w = np.array([[1, 1], [1, 0]], np.float32)   # Example 1 has one masked token.
+  ex_w = np.ones(2, np.float32)
+  logits = rng.normal(size=(b, p, v)).astype(np.float32)
+  lp = _log_softmax(logits)
+  want = -(lp[0, 0, 1] + lp[0, 1, 4] + lp[1, 0, 2]) / 3
+  np.testing.assert_allclose(losses.mlm_loss(logits, targets, mlm_w, ex_w), want, rtol=1e-5)
+  # Frame level: one prediction per clip, averaged over each example's real clips.
+  logits4 = rng.normal(size=(b, k, p, v)).astype(np.float32)
+  clip_mask = np.array([[1, 1, 0], [1, 0, 0]])
+  lp4 = _log_softmax(logits4)
+  ce0 = [-lp4[0, c, 0, 1] for c in range(2)]
+  ce0b = [-(lp4[0, c, 1, 4]) for c in range(2)]
+  ce1 = -lp4[1, 0, 0, 2]
+  want4 = (np.mean(ce0) + np.mean(ce0b) + ce1) / 3
+  np.testing.assert_allclose(losses.mlm_loss(logits4, targets, mlm_w, ex_w, clip_mask), want4, rtol=1e-5)
+  # A padding example contributes nothing.
+  np.testing.assert_allclose(losses.mlm_loss(logits, targets, mlm_w, np.array([1, 0], np.float32)),
+                             -(lp[0, 0, 1] + lp[0, 1, 4]) / 2, rtol=1e-5)
+
+
+def _loss_config(**overrides):
+  c = ml_collections.ConfigDict(dict(vr_weight=1.0, tl_weight=5.0, mlm_weight=0.1, use_vr=True, use_tl=True,
+                                     use_frame_mlm=True, use_clip_mlm=True))
+  c.update(overrides)
+  return c
+
+
+def _outputs_and_batch():
+  rng = np.random.default_rng(2)
+  b, k, m, p, v = 2, 2, 2, 2, 6
+  outputs = {
+      "vr_scores": rng.normal(size=(b, 3)).astype(np.float32),
+      "clip_log_probs": _log_softmax(rng.normal(size=(b, k, 2)), axis=1).astype(np.float32),
+      "frame_log_probs": _log_softmax(rng.normal(size=(b, k * m, 3))).astype(np.float32),
+      "frame_mlm_logits": rng.normal(size=(b, k, p, v)).astype(np.float32),
+      "clip_mlm_logits": rng.normal(size=(b, p, v)).astype(np.float32),
+      "clip_mask": np.ones((b, k), np.int32),
+  }
+  labels = np.zeros((b, k * m, 3), np.float32)
+  labels[:, :, 2] = 1
+  labels[:, 0] = (1, 0, 0)
+  labels[:, 3] = (0, 1, 0)
+  batch = {"query_ids": np.zeros((b, 4), np.int32), "neg_mask": np.ones((b, 2), np.float32),
+           "frame_labels": labels, "start_clip": np.zeros(b, np.int32), "end_clip": np.ones(b, np.int32),
+           "mlm_targets": np.array([[1, 2], [3, 4]]), "mlm_weights": np.ones((b, p), np.float32),
+           "example_mask": np.ones(b, np.int32)}
+  return outputs, batch
+
+
+def test_total_is_the_weighted_sum_of_the_terms():
+  outputs, batch = _outputs_and_batch()
+  total, terms = losses.hammer_loss(outputs, batch, _loss_config())
+  w = np.ones(2, np.float32)
+  vr = losses.vr_loss(outputs["vr_scores"], batch["neg_mask"], w)
+  tl, _ = losses.tl_loss(outputs, batch, w)
+  fm = losses.mlm_loss(outputs["frame_mlm_logits"], batch["mlm_targets"], batch["mlm_weights"], w,
+                       outputs["clip_mask"])
+  cm = losses.mlm_loss(outputs["clip_mlm_logits"], batch["mlm_targets"], batch["mlm_weights"], w)
+  np.testing.assert_allclose(terms["mlm"], fm + cm, rtol=1e-6)
+  np.testing.assert_allclose(total, 1.0 * vr + 5.0 * tl + 0.1 * (fm + cm), rtol=1e-6)
+  np.testing.assert_allclose(terms["total"], total)
+  assert {"vr", "tl", "tl_clip", "tl_frame", "mlm", "frame_mlm", "clip_mlm", "total"} == set(terms)
+
+
+@pytest.mark.parametrize("switch,gone", [("use_vr", {"vr"}), ("use_tl", {"tl", "tl_clip", "tl_frame"}),
+                                         ("use_frame_mlm", {"frame_mlm"}), ("use_clip_mlm", {"clip_mlm"})])
+def test_each_objective_can_be_switched_off(switch, gone):
+  outputs, batch = _outputs_and_batch()
+  _, full = losses.hammer_loss(outputs, batch, _loss_config())
+  total, terms = losses.hammer_loss(outputs, batch, _loss_config(**{switch: False}))
+  assert not gone & set(terms)
+  removed = {"use_vr": 1.0 * full["vr"], "use_tl": 5.0 * full["tl"],
+             "use_frame_mlm": 0.1 * full["frame_mlm"], "use_clip_mlm": 0.1 * full["clip_mlm"]}[switch]
+  np.testing.assert_allclose(total, full["total"] - removed, rtol=1e-5)

@@ -1,0 +1,197 @@
+"""Training: schedule, configs, loss falls, kill -9 / SIGTERM resume, NaN guard."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, SMALL_SYNTHETIC
+from configs import activitynet, base, demo, tvr
+from hammer_jax import checkpointing, hammer, input_pipeline, optimizer, train
+from hammer_jax import train_state as ts
+
+
+def tiny_config(tmp_data=None, **overrides):
+  c = demo.get_config("tiny")
+  c.data.synthetic = dict(SMALL_SYNTHETIC)
+  if tmp_data:
+    c.data.prepared_dir = tmp_data
+  for key, value in overrides.items():
+    node = c
+    *path, leaf = key.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def read_scalars(workdir, tag):
+  """{step: value} of one scalar from the run's TensorBoard files."""
+  import tensorflow as tf
+  out = {}
+  for path in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
+    for raw in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(raw.numpy())
+      for v in event.summary.value:
+        if v.tag == tag:
+          out[event.step] = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
+  return out
+
+
+def restored_params(workdir, step):
+  """The params of `workdir`'s checkpoint at `step`, as numpy."""
+  config = ts.load_config(workdir)
+  data = train.open_data(config, workdir)
+  model = hammer.create_model(config, data.video_dim, data.subtitle_dim)
+  mesh = ts.create_mesh()
+  _, abstract, _ = ts.abstract_train_state(model, config, optimizer.make_optimizer(config.optim),
+                                           data.video_dim, data.subtitle_dim, mesh)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  state = ckpt.restore(abstract, step)
+  ckpt.close()
+  return jax.device_get(state.params)
+
+
+def test_schedule_matches_the_paper():
+  c = tvr.get_config()
+  c.optim.num_steps = 1000
+  lr = optimizer.learning_rate_schedule(c.optim)
+  assert float(lr(0)) == 0.0
+  assert float(lr(50)) == pytest.approx(1e-4, rel=1e-5)          # halfway through the warm-up
+  assert float(lr(100)) == pytest.approx(2e-4, rel=1e-5)         # 10%: the max LR
+  assert float(lr(499)) == pytest.approx(2e-4, rel=1e-5)
+  assert float(lr(500)) == pytest.approx(2e-5, rel=1e-5)         # 50%: 0.1x
+  assert float(lr(749)) == pytest.approx(2e-5, rel=1e-5)
+  assert float(lr(750)) == pytest.approx(2e-6, rel=1e-5)         # 75%: 0.01x
+  assert float(lr(999)) == pytest.approx(2e-6, rel=1e-5)
+
+
+def test_paper_hyperparameters_are_the_defaults():
+  t, a = tvr.get_config(), activitynet.get_config()
+  assert (t.optim.batch_size, t.optim.lr, t.data.max_frames) == (128, 2e-4, 96)
+  assert (a.optim.batch_size, a.optim.lr, a.data.max_frames, a.data.clip_len) == (64, 4e-5, 128, 32)
+  for c in (t, a):
+    assert (c.loss.vr_weight, c.loss.tl_weight, c.loss.mlm_weight) == (1.0, 5.0, 0.1)
+    assert (c.model.text_layers, c.model.video_layers) == (5, 1)
+    assert c.optim.warmup_fraction == 0.1 and tuple(c.optim.decay_boundaries) == (0.5, 0.75)
+    assert tuple(c.optim.decay_factors) == (0.1, 0.01)
+    assert c.model.cross_modal and c.model.clip_position_embedding and not c.model.share_encoders
+  assert t.data.use_subtitles and not a.data.use_subtitles
+
+
+def test_variants_reproduce_the_ablations():
+  c = activitynet.get_config("flat")
+  assert c.model.flat
+  c = activitynet.get_config("objectives=vr+tl+fm,weights=1:10:0.1,no_cross_modal,clip=64,share_encoders,"
+                             "no_clip_position")
+  assert (c.loss.use_vr, c.loss.use_tl, c.loss.use_frame_mlm, c.loss.use_clip_mlm) == (True, True, True, False)
+  assert c.loss.tl_weight == 10.0 and not c.model.cross_modal and c.model.share_encoders
+  assert c.data.clip_len == c.model.clip_len == 64 and not c.model.clip_position_embedding
+  with pytest.raises(ValueError, match="unknown config variant"):
+    tvr.get_config("clip_len=32")
+  with pytest.raises(ValueError, match="multiple of clip_len"):
+    tvr.get_config("clip=40")
+
+
+def test_mistyped_override_is_an_error(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "hammer_jax.main", "--config=configs/demo.py:tiny",
+                        f"--workdir={tmp_path}", "--config.optim.lrr=1e-3"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert "lrr" in out.stderr
+  c = base.get_base_config()
+  c.lock()
+  with pytest.raises(AttributeError):
+    c.optim.lrr = 1.0
+
+
+def test_batch_must_divide_over_devices():
+  mesh = ts.create_mesh()
+  assert ts.check_batch_size(16, mesh) == 16
+  with pytest.raises(ValueError, match="does not divide over 8 devices"):
+    ts.check_batch_size(12, mesh)
+
+
+def test_tiny_training_loss_falls_on_eight_devices(synthetic_prepared, tmp_path):
+  c = tiny_config(synthetic_prepared.path, **{"optim.num_steps": 40, "optim.lr": 3e-3,
+                                               "log_every_steps": 10, "eval.every_steps": 40,
+                                               "checkpoint_every_steps": 40})
+  final = train.train_and_evaluate(c, str(tmp_path))
+  assert len(jax.devices()) == 8 and final["step"] == 40
+  loss = read_scalars(str(tmp_path), "loss")
+  assert sorted(loss) == [1, 10, 20, 30, 40]
+  assert loss[40] < 0.8 * loss[10], loss
+  assert np.isfinite(final["val_loss"])
+  assert os.path.exists(os.path.join(tmp_path, "config.json"))
+  assert ts.load_config(str(tmp_path)).optim.num_steps == 40
+
+
+def _main_cmd(workdir, prepared, *flags):
+  return [sys.executable, "-m", "hammer_jax.main", "--config=configs/demo.py:tiny", f"--workdir={workdir}",
+          f"--config.data.prepared_dir={prepared}", *flags]
+
+
+def test_kill_9_and_resume_reaches_the_same_parameters(synthetic_prepared, tmp_path):
+  flags = ["--config.optim.num_steps=12", "--config.checkpoint_every_steps=4", "--config.eval.every_steps=0",
+           "--config.log_every_steps=1"]
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_main_cmd(killed, synthetic_prepared.path, *flags), cwd=REPO_ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not os.path.exists(killed / "checkpoints" / "8") and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps = sorted(int(os.path.basename(p)) for p in glob.glob(str(killed / "checkpoints" / "[0-9]*")))
+  assert steps and steps[-1] < 12, f"the run was not interrupted ({steps})"
+  # Restart after kill -9: resumes from the last finished checkpoint and completes.
+  c = ts.load_config(str(killed))
+  train.train_and_evaluate(c, str(killed))
+  straight = tmp_path / "straight"
+  train.train_and_evaluate(ts.load_config(str(killed)), str(straight))
+  a, b = restored_params(str(killed), 12), restored_params(str(straight), 12)
+  diffs = jax.tree_util.tree_map(lambda x, y: float(np.max(np.abs(x - y))), a, b)
+  assert max(jax.tree_util.tree_leaves(diffs)) <= 1e-6
+
+
+def test_sigterm_saves_the_current_step(synthetic_prepared, tmp_path):
+  flags = ["--config.optim.num_steps=400", "--config.checkpoint_every_steps=1000", "--config.eval.every_steps=0",
+           "--config.log_every_steps=1"]
+  proc = subprocess.Popen(_main_cmd(tmp_path, synthetic_prepared.path, *flags), cwd=REPO_ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  seen = ""
+  for line in proc.stdout:
+    seen += line
+    if "step 3/400" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  seen += proc.communicate(timeout=240)[0]
+  assert proc.returncode == 0, seen[-3000:]
+  assert "Preempted" in seen
+  steps = sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "[0-9]*")))
+  assert len(steps) == 1 and 3 <= steps[0] < 400
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthetic_prepared, tmp_path,
+                                                                          monkeypatch):
+  original = input_pipeline.TrainBatches.__next__
+
+  def poisoned(self):
+    batch = original(self)
+    if self.step > 4:  # the 5th batch onwards
+      batch["video"] = batch["video"] * np.nan
+    return batch
+
+  monkeypatch.setattr(input_pipeline.TrainBatches, "__next__", poisoned)
+  c = tiny_config(synthetic_prepared.path, **{"optim.num_steps": 10, "checkpoint_every_steps": 2,
+                                               "log_every_steps": 1, "eval.every_steps": 0})
+  with pytest.raises(train.NonFiniteLossError, match="at step 5;.*Last good checkpoint: step 4"):
+    train.train_and_evaluate(c, str(tmp_path))
+  steps = sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "[0-9]*")))
+  assert steps[-1] == 4
