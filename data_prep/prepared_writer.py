@@ -173,6 +173,7 @@ class PreparedWriter:
         "query_shard_lengths": [len(queries[i * self.queries_per_shard:(i + 1) * self.queries_per_shard])
                                 for i in range(nq_shards)],
         "queries_per_video": [len(e.queries) for e in entries],
+        "video_names": [e.vid_name for e in entries],  # in stored order: row i has video_index i
         "repaired": dict(log.repaired),
         "dropped": dict(log.dropped),
         "examples": dict(log.examples),
