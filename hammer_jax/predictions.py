@@ -19,6 +19,7 @@ order they were given in; this is the tie rule of the whole pipeline.
 
 from __future__ import annotations
 
+import itertools
 import json
 import numbers
 import os
@@ -80,7 +81,7 @@ def _where(task: str, i: int, entry: Any) -> str:
   return f"{task}[{i}] (desc_id={desc_id!r})"
 
 
-def _check_predictions(task: str, where: str, preds: list, known_videos: set) -> None:
+def _check_predictions(task: str, where: str, preds: list, known_videos: np.ndarray) -> None:
   """Checks one entry's prediction list; raises SubmissionError at the first problem."""
   if not preds:
     raise SubmissionError(f"{where}: field 'predictions' is empty (at least one prediction is needed)")
@@ -90,7 +91,7 @@ def _check_predictions(task: str, where: str, preds: list, known_videos: set) ->
   try:
     arr = np.asarray(preds, np.float64)
     # numpy reads JSON true/false as 1/0; refuse them (a bool is never a meant number).
-    ok = arr.ndim == 2 and arr.shape[1] == 4 and not any(x is True or x is False for row in preds for x in row)
+    ok = arr.ndim == 2 and arr.shape[1] == 4 and bool not in set(map(type, itertools.chain.from_iterable(preds)))
   except (ValueError, TypeError):
     ok = False
   if not ok:  # slow path: find the offending prediction to name it
@@ -112,22 +113,26 @@ def _check_predictions(task: str, where: str, preds: list, known_videos: set) ->
   vid = arr[:, 0]
   if np.any(vid != np.round(vid)):
     j = first_bad(vid != np.round(vid))
-    raise SubmissionError(f"{where}: field 'predictions[{j}].vid_idx' is not an integer: {vid[j]!r}")
-  unknown = ~np.isin(vid, np.asarray(sorted(known_videos), np.float64))
+    raise SubmissionError(f"{where}: field 'predictions[{j}].vid_idx' is not an integer: {float(vid[j])}")
+  if len(known_videos):
+    pos = np.minimum(np.searchsorted(known_videos, vid), len(known_videos) - 1)  # known_videos is sorted
+    unknown = known_videos[pos] != vid
+  else:
+    unknown = np.ones(len(vid), bool)
   if unknown.any():
     j = first_bad(unknown)
     raise SubmissionError(f"{where}: field 'predictions[{j}].vid_idx' {int(vid[j])} is not an index of video2idx")
   st, ed, score = arr[:, 1], arr[:, 2], arr[:, 3]
   if np.any(st < 0):
     j = first_bad(st < 0)
-    raise SubmissionError(f"{where}: field 'predictions[{j}].st' is negative ({st[j]!r})")
+    raise SubmissionError(f"{where}: field 'predictions[{j}].st' is negative ({float(st[j])})")
   if np.any(st > ed):
     j = first_bad(st > ed)
-    raise SubmissionError(f"{where}: field 'predictions[{j}].st' {st[j]!r} > ed {ed[j]!r}")
+    raise SubmissionError(f"{where}: field 'predictions[{j}].st' {float(st[j])} > ed {float(ed[j])}")
   if np.any(np.diff(score) > 0):
     j = first_bad(np.diff(score) > 0) + 1
-    raise SubmissionError(f"{where}: field 'predictions[{j}].score' {score[j]!r} is above the previous one "
-                          f"({score[j - 1]!r}): predictions must be sorted best first")
+    raise SubmissionError(f"{where}: field 'predictions[{j}].score' {float(score[j])} is above the previous one "
+                          f"({float(score[j - 1])}): predictions must be sorted best first")
   if task == "VR":
     if np.any((st != 0) | (ed != 0)):
       j = first_bad((st != 0) | (ed != 0))
@@ -152,7 +157,7 @@ def validate_submission(obj: Any) -> None:
   for name, idx in video2idx.items():
     if not _is_int(idx) or idx < 0:
       raise SubmissionError(f"submission: field 'video2idx[{name!r:.60}]' is not a non-negative integer: {idx!r:.40}")
-  known = set(video2idx.values())
+  known = np.unique(np.asarray(list(video2idx.values()), np.float64))  # sorted, once per file
   if len(known) != len(video2idx):
     raise SubmissionError("submission: field 'video2idx' maps two videos to the same index")
   tasks = [t for t in TASKS if t in obj]

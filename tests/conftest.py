@@ -17,7 +17,7 @@ if REPO_ROOT not in sys.path:
 import pytest  # noqa: E402
 
 SMALL_SYNTHETIC = dict(num_train_videos=40, num_val_videos=12, num_test_videos=12,
-                       visual_dim=16, subtitle_dim=8)
+                       visual_dim=16, subtitle_dim=8, min_duration=9.0, max_duration=24.0)
 
 
 @pytest.fixture(scope="session")
