@@ -94,8 +94,8 @@ def main(argv=None):
   rows = []
   for n in [int(x) for x in args.devices.split(",")]:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", TF_CPP_MIN_LOG_LEVEL="2")
-    cmd = [sys.executable, os.path.abspath(__file__), "--_worker"] + [a for a in (argv or sys.argv[1:])
-                                                                     if not a.startswith("--devices")]
+    passed = {k: v for k, v in vars(args).items() if k not in ("devices", "out", "_worker")}
+    cmd = [sys.executable, os.path.abspath(__file__), "--_worker"] + [f"--{k}={v}" for k, v in passed.items()]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
     if out.returncode or not line:

@@ -17,13 +17,14 @@ import numpy as np
 
 from hammer_jax import input_pipeline, prepared_data
 from hammer_jax.evaluator import Corpus, Evaluator
+from hammer_jax.predictions import MAX_PREDICTIONS
 
 
 @dataclasses.dataclass
 class Retrieval:
   """Per query (rows of `query_rows`), K = min(top_k, corpus size).
 
-  vr_rank_video: [Q, K] split positions of the top videos, best first; vr_score: [Q, K] f(v, h).
+  vr_rank_video: [Q, min(100, V)] split positions of the top videos, best first; vr_score: f(v, h) of those.
   gt_rank: [Q] 1-based rank of the ground-truth video among all V (0 when unknown).
   vcmr: [Q, K, 4] (video position, st, ed, score) sorted by score.
   svmr: [Q, K, 3] (st, ed, score) in the ground-truth video (empty K when unknown).
@@ -77,6 +78,7 @@ def retrieve(evaluator: Evaluator, params, queries: prepared_data.QueryTable, *,
   rows = rows_all[start:end]
   v = len(corpus)
   k = min(top_k, v)
+  k_vr = min(MAX_PREDICTIONS, v)  # VR ranks every video: the list is as long as a submission allows
   pos_of = np.full(int(corpus.video_index.max()) + 1, -1)
   pos_of[corpus.video_index] = np.arange(v)
   if len(rows):
@@ -104,16 +106,17 @@ def retrieve(evaluator: Evaluator, params, queries: prepared_data.QueryTable, *,
       greedy = np.stack(_seconds(loc_gt["start"], loc_gt["end"], corpus, gt), -1)
       frame_span, clip_span = _level_spans(loc_gt, evaluator.config.model.clip_len, corpus, gt)
       spans = [greedy, np.stack(frame_span, -1), np.stack(clip_span, -1)]
-    local = dict(rows=rows, top=corpus.video_index[top], score=np.take_along_axis(scores, top, 1),
+    top_vr = order[:, :k_vr]
+    local = dict(rows=rows, top=corpus.video_index[top_vr], score=np.take_along_axis(scores, top_vr, 1),
                  gt_rank=gt_rank, vcmr=vcmr, svmr=svmr, greedy=spans[0], frame=spans[1], clip=spans[2])
   else:
     local = None
-  return _gather(local, len(rows_all), k, with_ground_truth)
+  return _gather(local, len(rows_all), k, k_vr, with_ground_truth)
 
 
-def _gather(local, n: int, k: int, with_gt: bool) -> Retrieval:
+def _gather(local, n: int, k: int, k_vr: int, with_gt: bool) -> Retrieval:
   """Concatenates every process's rows (processes hold contiguous, ordered shares)."""
-  shapes = dict(rows=(), top=(k,), score=(k,), gt_rank=(), vcmr=(k, 4), svmr=(k if with_gt else 0, 3),
+  shapes = dict(rows=(), top=(k_vr,), score=(k_vr,), gt_rank=(), vcmr=(k, 4), svmr=(k if with_gt else 0, 3),
                 greedy=(2,), frame=(2,), clip=(2,))
   if jax.process_count() == 1:
     full = local

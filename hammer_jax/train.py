@@ -125,6 +125,27 @@ def _check_finite(step: int, metrics: dict[str, Any], ckpt: checkpointing.Checkp
   return values
 
 
+def _periodic_evaluator(model, config, data, workdir: str) -> Callable:
+  """Corpus retrieval on the first `max_queries_during_training` queries of the eval split."""
+  from hammer_jax import evaluation, evaluator
+  ev = evaluator.Evaluator(model, config, data, config.data.eval_split, progress=False)
+
+  def run(params, step, writer):
+    results = evaluation.evaluate_split(
+        ev, {"params": evaluator.local_params(params)}, top_k=config.eval.top_k_videos,
+        max_queries=config.eval.max_queries_during_training,
+        out_dir=os.path.join(workdir, "eval", f"periodic_step{step}"))
+    scalars = evaluation.flat_scalars({k: v for k, v in results.items() if not k.endswith("_by_type")})
+    writer.write_scalars(step, scalars)
+    if "VR" in results:
+      logging.info("step %d  eval (%d queries): VR r1 %.2f r10 %.2f median rank %.1f  VCMR 0.5-r10 %.2f  TL mIoU %.2f",
+                   step, config.eval.max_queries_during_training, results["VR"]["r1"], results["VR"]["r10"],
+                   results["VR"]["median_rank"], results["VCMR"]["0.5-r10"], results["TL"]["mIoU"])
+    return scalars
+
+  return run
+
+
 def train_and_evaluate(config, workdir: str, *, evaluate_fn: Callable | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns last metrics.
 
@@ -207,6 +228,8 @@ def train_and_evaluate(config, workdir: str, *, evaluate_fn: Callable | None = N
         writer.write_scalars(step, {f"val_{k}": v for k, v in val.items()})
         logging.info("step %d  validation loss %.4f", step, val["loss"])
         last.update({f"val_{k}": v for k, v in val.items()})
+        if evaluate_fn is None and config.eval.max_queries_during_training > 0:
+          evaluate_fn = _periodic_evaluator(model, config, data, workdir)
         if evaluate_fn is not None:
           last.update(evaluate_fn(state.params, step, writer))
       if stop:

@@ -1,0 +1,152 @@
+"""The eval binary: cached scoring = plain scoring, prediction files round-trip, errors, multi-host."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+from multihost import run_processes
+from hammer_jax import evaluation, hammer, metrics, predictions, prepared_data, restore, retrieval, train
+from hammer_jax.evaluator import Evaluator
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(synthetic_prepared, tmp_path_factory):
+  """A tiny model trained for a few steps (weights only need to be non-trivial)."""
+  from test_train import tiny_config
+  workdir = tmp_path_factory.mktemp("trained")
+  c = tiny_config(synthetic_prepared.path, **{"optim.num_steps": 6, "checkpoint_every_steps": 6,
+                                               "log_every_steps": 6, "eval.every_steps": 0})
+  train.train_and_evaluate(c, str(workdir))
+  return str(workdir)
+
+
+def _plain_vr_scores(model, params, data, split, spec, queries, rows):
+  """f(v, h) by the training forward, one (query, video) pair at a time, nothing cached."""
+  from hammer_jax import input_pipeline as ip
+  videos = [b for b in ip.eval_video_batches(data, split, spec, 1, process_index=0, process_count=1)]
+  qb = list(ip.eval_query_batches(queries, spec, 1, process_index=0, process_count=1))
+
+  @jax.jit
+  def one(q, v):
+    batch = {"query_ids": q["query_ids"], "query_mask": q["query_mask"], "video": v["video"],
+             "frame_mask": v["frame_mask"], "neg_index": np.zeros((1, 0), np.int32),
+             "mlm_positions": np.zeros((1, 1), np.int32)}
+    if "subtitle" in v:
+      batch["subtitle"] = v["subtitle"]
+    return model.apply(params, batch)["vr_scores"][0, 0]
+
+  out = np.zeros((len(rows), len(videos)), np.float32)
+  for i, r in enumerate(rows):
+    q = {k: qb[r][k] for k in ("query_ids", "query_mask")}
+    for j, v in enumerate(videos):
+      out[i, j] = float(one(q, {k: x for k, x in v.items() if k in ("video", "subtitle", "frame_mask")}))
+  return out
+
+
+def test_cached_scoring_equals_plain_scoring(trained_workdir):
+  config, data, model, params, _ = restore.restore(trained_workdir)
+  split = config.data.eval_split
+  ev = Evaluator(model, config, data, split, progress=False)
+  queries = prepared_data.read_queries(data, split)
+  rows = np.arange(6)
+  corpus = ev.encode_corpus(params)
+  cached = ev.vr_scores(params, ev.encode_queries(params, queries, rows), corpus)
+  plain = _plain_vr_scores(model, params, data, split, ev.spec, queries, rows)
+  np.testing.assert_allclose(cached, plain, atol=1e-5, rtol=0)
+  k = min(100, len(corpus))
+  np.testing.assert_array_equal(np.argsort(-cached, 1, kind="stable")[:, :k],
+                                np.argsort(-plain, 1, kind="stable")[:, :k])
+  assert np.std(cached) > 0  # scores depend on the pair
+
+
+def _run_eval(workdir, *flags):
+  return subprocess.run([sys.executable, "-m", "hammer_jax.eval", f"--workdir={workdir}", *flags], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_eval_binary_writes_files_that_round_trip(trained_workdir):
+  out = _run_eval(trained_workdir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  config, data, _, _, step = restore.restore(trained_workdir)
+  d = os.path.join(trained_workdir, "eval", f"{config.data.eval_split}_step{step}")
+  for name in ("predictions.json", "metrics.json", "metrics.md", "duration_buckets.md", "duration_buckets.png",
+               "timelines.png"):
+    assert os.path.getsize(os.path.join(d, name)) > 0, name
+  sub = predictions.load_submission(os.path.join(d, "predictions.json"))
+  queries = prepared_data.read_queries(data, config.data.eval_split)
+  assert {e["desc_id"] for e in sub["VCMR"]} == set(queries.desc_id.tolist())
+  n_videos = data.split(config.data.eval_split)["num_videos"]
+  assert all(len(e["predictions"]) == min(100, n_videos) for e in sub["VR"])
+  assert all(len(e["predictions"]) == min(config.eval.top_k_videos, n_videos) for e in sub["VCMR"])
+  again = metrics.evaluate_predictions(sub, metrics.ground_truth_records(queries))
+  written = json.load(open(os.path.join(d, "metrics.json")))
+  for task in ("VCMR", "SVMR", "VR"):
+    assert dict(again[task]) == pytest.approx(written[task])
+  assert "VR" in out.stdout and "median_rank" in out.stdout
+
+
+def test_test_split_yields_predictions_only(trained_workdir):
+  out = _run_eval(trained_workdir, "--split=test")
+  assert out.returncode == 0, out.stderr[-3000:]
+  _, _, _, _, step = restore.restore(trained_workdir)
+  d = os.path.join(trained_workdir, "eval", f"test_public_step{step}")
+  assert sorted(os.listdir(d)) == ["predictions.json"]
+  sub = predictions.load_submission(os.path.join(d, "predictions.json"))
+  assert "SVMR" not in sub and len(sub["VCMR"]) == len(sub["VR"]) > 0
+
+
+def test_errors_say_what_to_run(trained_workdir, tmp_path):
+  out = _run_eval(tmp_path)
+  assert out.returncode != 0 and "hammer_jax.main" in out.stderr and out.stderr.strip().count("\n") == 0
+  # A workdir with a config but no checkpoint.
+  os.makedirs(tmp_path / "w")
+  with open(tmp_path / "w" / "config.json", "w") as f:
+    f.write(open(os.path.join(trained_workdir, "config.json")).read())
+  with pytest.raises(restore.RestoreError, match="no checkpoint; train first"):
+    restore.restore(str(tmp_path / "w"))
+  # A checkpoint that does not fit the model the config describes.
+  import shutil
+  shutil.copytree(os.path.join(trained_workdir, "checkpoints"), tmp_path / "w" / "checkpoints")
+  cfg = json.load(open(tmp_path / "w" / "config.json"))
+  cfg["model"]["text_layers"] = 1
+  json.dump(cfg, open(tmp_path / "w" / "config.json", "w"))
+  with pytest.raises(restore.RestoreError, match="does not fit the model"):
+    restore.restore(str(tmp_path / "w"))
+
+
+def eval_worker(out_path, workdir):
+  """Worker: the same evaluation in a 2-process job; process 0 writes the files."""
+  config, data, model, params, _ = restore.restore(workdir)
+  ev = Evaluator(model, config, data, config.data.eval_split, progress=False)
+  out_dir = os.path.dirname(out_path) + "/two_process_eval"
+  results = evaluation.evaluate_split(ev, params, top_k=10, out_dir=out_dir)
+  with open(out_path, "w") as f:
+    json.dump({"results": results, "processes": jax.process_count()}, f)
+
+
+def test_two_processes_give_the_same_metrics_and_predictions(trained_workdir, tmp_path):
+  config, data, model, params, _ = restore.restore(trained_workdir)
+  ev = Evaluator(model, config, data, config.data.eval_split, progress=False)
+  single = evaluation.evaluate_split(ev, params, top_k=10, out_dir=str(tmp_path / "one_process_eval"))
+  outs = run_processes("test_eval:eval_worker", tmp_path, workdir=trained_workdir)
+  for o in outs:
+    r = json.load(open(o))
+    assert r["processes"] == 2
+    want = json.loads(json.dumps(single))
+    assert set(r["results"]) == set(want)
+    for task, values in want.items():
+      assert r["results"][task] == pytest.approx(values, nan_ok=True) if all(
+          isinstance(v, float) for v in values.values()) else r["results"][task] == values, task
+  a = json.load(open(tmp_path / "one_process_eval" / "predictions.json"))
+  b = json.load(open(tmp_path / "two_process_eval" / "predictions.json"))
+  assert a["video2idx"] == b["video2idx"]
+  for task in ("VCMR", "SVMR", "VR"):
+    assert [e["desc_id"] for e in a[task]] == [e["desc_id"] for e in b[task]]
+    for x, y in zip(a[task], b[task]):
+      np.testing.assert_allclose(np.array(x["predictions"]), np.array(y["predictions"]), rtol=1e-5, atol=1e-6)
