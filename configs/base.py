@@ -81,6 +81,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.top_k_videos = 100
   c.eval.every_steps = 2000
   c.eval.max_queries_during_training = 500
+  c.eval.final_eval = False           # evaluate the whole eval split after training (the demo does)
   c.eval.val_loss_batches = 4         # batches of the eval split for the periodic validation loss
 
   c.log_every_steps = 50

@@ -22,6 +22,7 @@ def get_config(arg: str = ""):
   c.optim.lr = 1e-4
   c.optim.num_steps = 600
   c.eval.batch_size = 32
+  c.eval.final_eval = True
   c.eval.every_steps = 200
   c.log_every_steps = 20
   c.checkpoint_every_steps = 200

@@ -49,6 +49,7 @@ def _tiny(c):
   c.eval.every_steps = 10
   c.eval.max_queries_during_training = 24
   c.eval.top_k_videos = 5
+  c.eval.final_eval = False
   c.log_every_steps = 5
   c.checkpoint_every_steps = 10
 

@@ -52,7 +52,26 @@ def main(argv):
   except (prepared_data.PreparedDataError, pretrained.CheckpointError, train.NonFiniteLossError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
-  logging.info("Done: %s", final)
+  logging.info("Done: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in final.items()})
+  if FLAGS.config.eval.final_eval and final["step"] == FLAGS.config.optim.num_steps:  # not after preemption
+    final_evaluation(FLAGS.workdir)
+
+
+def final_evaluation(workdir: str) -> None:
+  """Evaluates the last checkpoint on the eval split and prints the demo's summary."""
+  import jax
+  from hammer_jax import demo_report, evaluation, restore
+  from hammer_jax.evaluator import Evaluator
+  config, data, model, params, step = restore.restore(workdir)
+  split = config.data.eval_split
+  out_dir = os.path.join(workdir, "eval", f"{split}_step{step}")
+  results = evaluation.evaluate_split(Evaluator(model, config, data, split), params,
+                                      top_k=config.eval.top_k_videos, out_dir=out_dir, with_analyses=True)
+  if jax.process_index() == 0 and results:
+    print(f"\nHAMMER after {step} steps, {split} split of {data.path}:\n")
+    print(demo_report.summary_table(results, demo_report.chance_levels(workdir, split)))
+    print()
+    print(demo_report.where_things_are(workdir, out_dir))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""What the demo prints at the end: recalls beside the synthetic corpus's chance levels, and where things are."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+KS = (1, 5, 10, 100)
+
+
+def chance_levels(workdir: str, split: str = "val") -> dict[str, Any] | None:
+  """The synthetic corpus's chance levels (`data/raw/chance.json`), or None for other data."""
+  path = os.path.join(workdir, "data", "raw", "chance.json")
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f).get(split)
+
+
+def summary_table(results: dict[str, Any], chance: dict[str, Any] | None) -> str:
+  """Markdown: VR and VCMR (IoU 0.5 / 0.7) R@k, model vs chance, and VR median rank."""
+  rows = [("VR", lambda k: results["VR"][f"r{k}"], lambda k: chance["VR"][f"R@{k}"])]
+  for iou in ("0.5", "0.7"):
+    rows.append((f"VCMR IoU>={iou}", lambda k, i=iou: results["VCMR"][f"{i}-r{k}"],
+                 lambda k, i=iou: chance["VCMR"][f"IoU={i}"][f"R@{k}"]))
+  lines = ["| metric | " + " | ".join(f"R@{k}" for k in KS) + " |", "|---" * (len(KS) + 1) + "|"]
+  for name, model, rand in rows:
+    lines.append(f"| {name} (model) | " + " | ".join(f"{model(k):.2f}" for k in KS) + " |")
+    if chance:
+      lines.append(f"| {name} (chance) | " + " | ".join(f"{rand(k):.2f}" for k in KS) + " |")
+  lines.append(f"\nVR median rank: {results['VR']['median_rank']:.1f}"
+               + (f" (chance: about half the corpus)" if chance else "")
+               + f"; TL mIoU {results['TL']['mIoU']:.2f}"
+               + (f" (chance {chance['TL_mIoU']:.2f})" if chance else ""))
+  return "\n".join(lines)
+
+
+def where_things_are(workdir: str, eval_dir: str) -> str:
+  return "\n".join([
+      f"Checkpoints:  {os.path.join(workdir, 'checkpoints')}",
+      f"TensorBoard:  tensorboard --logdir {os.path.join(workdir, 'tensorboard')}",
+      f"Predictions:  {os.path.join(eval_dir, 'predictions.json')} (TVR submission layout)",
+      f"Metrics:      {os.path.join(eval_dir, 'metrics.md')}",
+      f"Plots:        {os.path.join(eval_dir, 'timelines.png')}, {os.path.join(eval_dir, 'duration_buckets.png')}",
+      f"Search:       python -m hammer_jax.search --workdir={workdir} --query \"the dog runs in the kitchen\"",
+  ])
