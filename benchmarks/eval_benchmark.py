@@ -57,7 +57,7 @@ def _timed(fn, *args, repeat: int = 2):
 
 def main(argv=None):
   args = parse_args(argv)
-  ns = argparse.Namespace(max_frames=96, query_len=30, clip_len=16, num_negatives=0, flat=False, dtype="float32",
+  ns = argparse.Namespace(max_frames=96, query_len=30, clip_len=16, num_negatives=1, flat=False, dtype="float32",
                           checkpoint=args.checkpoint, subtitle_dim=768)
   config = make_config(ns)
   config.eval.batch_size = 8
@@ -65,7 +65,7 @@ def main(argv=None):
   batch = random_batch(config, 8, 3072, 768)
   params = hammer.init_params(model, config, jax.random.key(0), batch)
   ev = Evaluator.__new__(Evaluator)  # no prepared data needed: drive the jitted pieces directly
-  ev.model, ev.config, ev.progress = model, config, False
+  ev.model, ev.config, ev.progress, ev.decoding = model, config, False, config.model.decoding
   from hammer_jax.evaluator import local_mesh
   from jax.sharding import NamedSharding, PartitionSpec
   ev.mesh = local_mesh()
@@ -132,7 +132,7 @@ def main(argv=None):
   print(f"| projected TVR val ({TVR_QUERIES} x {TVR_VIDEOS} pairs + top-100 localisation), here | "
         f"{here_s / 86400:.1f} days |")
   print(f"| projected, one accelerator at {args.accelerator_tflops:.0f} TFLOP/s x {args.accelerator_mfu:.0%} | "
-        f"{acc_s / 3600:.1f} h |")
+        f"{acc_s / 60:.1f} min |")
 
 
 if __name__ == "__main__":

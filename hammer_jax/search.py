@@ -138,19 +138,24 @@ class MomentSearcher:
   # -- tokens ------------------------------------------------------------------
 
   def _tokenizer(self):
-    """The tokenizer the model's data was prepared with (its vocabulary fingerprint must match)."""
+    """The tokenizer the model's data was prepared with, found by its vocabulary fingerprint.
+
+    The manifest's checkpoint path may be gone (a workdir copied to another machine, a new
+    venv); the config's checkpoint or the default MiniLM will do if their vocab.txt is the same.
+    """
     from hammer_jax import pretrained
     manifest = self.model_data.manifest
-    ckpt = manifest.get("text_checkpoint") or ""
-    try:
-      tok = pretrained.load_tokenizer(ckpt)
-      sha = pretrained.vocab_fingerprint(ckpt)
-    except pretrained.CheckpointError as e:
-      raise SearchError(f"cannot load the tokenizer {self.model_data.path} was prepared with ({e})") from None
-    if sha != manifest["vocab_sha256"]:
-      raise SearchError(f"{ckpt}: vocabulary {sha[:12]} differs from the {manifest['vocab_sha256'][:12]} "
-                        f"{self.model_data.path} was prepared with")
-    return tok
+    tried = []
+    for ckpt in dict.fromkeys(filter(None, (manifest.get("text_checkpoint"), self.config.model.text_checkpoint,
+                                            pretrained.DEFAULT_CHECKPOINT))):
+      try:
+        if pretrained.vocab_fingerprint(ckpt) == manifest["vocab_sha256"]:
+          return pretrained.load_tokenizer(ckpt)
+        tried.append(f"{ckpt}: other vocabulary")
+      except pretrained.CheckpointError as e:
+        tried.append(str(e))
+    raise SearchError(f"no tokenizer with vocabulary {manifest['vocab_sha256'][:12]}, which {self.model_data.path} "
+                      f"was prepared with ({'; '.join(tried)})")
 
   def tokenize(self, text: str) -> np.ndarray:
     """int32 [n <= max_query_len]: [CLS] ... [SEP], truncated like prepared queries (keeps [SEP])."""
@@ -190,7 +195,7 @@ class MomentSearcher:
     from absl import logging
     from hammer_jax.evaluator import Corpus
     path, meta = self.index_path(), self._index_meta()
-    why = "missing"
+    why = "not built yet"
     if rebuild:
       why = "--rebuild_index"
     elif os.path.exists(path):
@@ -206,7 +211,8 @@ class MomentSearcher:
       except (OSError, ValueError, KeyError) as e:  # e.g. a file truncated by a full disk
         why = f"unreadable ({e.__class__.__name__})"
     if require:
-      raise SearchError(f"{path}: search index {why} and --require_index is set; run once without it to build it")
+      raise SearchError(f"{path}: no usable search index ({why}) and --require_index is set; run once without "
+                        "--require_index to build it")
     t0 = time.time()
     corpus = self.evaluator.encode_corpus(self.params)
     seconds = time.time() - t0
@@ -223,7 +229,7 @@ class MomentSearcher:
     with open(f"{side}.tmp-{os.getpid()}", "w", encoding="utf-8") as f:
       json.dump(dict(meta, build_seconds=round(seconds, 3), bytes=os.path.getsize(path)), f, indent=1)
     os.replace(f"{side}.tmp-{os.getpid()}", side)
-    logging.info("index: built %s (%d videos, %.1f MB; %s) in %.2f s", path, len(corpus),
+    logging.info("index: built %s (%d videos, %.1f MB; reason: %s) in %.2f s", path, len(corpus),
                  os.path.getsize(path) / 1e6, why, seconds)
     return corpus, "built"
 
@@ -275,6 +281,18 @@ def format_text(query: str, moments: list[Moment]) -> str:
   return "\n".join(lines)
 
 
+def _quiet_startup_notices() -> None:
+  """Keeps stderr to our own lines: drops jax's TPU probe and TFDS's per-feature deprecation notices."""
+  import logging as std_logging
+  from absl import logging
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+
+  class Drop(std_logging.Filter):
+    def filter(self, record):
+      return "FeatureConnector.dtype" not in record.getMessage()
+  logging.get_absl_handler().addFilter(Drop())
+
+
 def main(argv):
   from absl import app
   from absl import flags as absl_flags
@@ -287,6 +305,7 @@ def main(argv):
     sys.exit("error: empty query")  # before loading anything
   from hammer_jax import logs, prepared_data, pretrained, restore
   logs.quiet_library_logs()
+  _quiet_startup_notices()
 
   def answer(searcher: MomentSearcher, text: str) -> None:
     moments = searcher.search(text, f.top_k)

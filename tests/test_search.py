@@ -90,29 +90,38 @@ def test_top_moments_match_retrieval_retrieve(searcher, reference):
 
 
 def test_index_is_built_once_and_reused(trained_workdir, searcher, monkeypatch):
+  """Counts calls of the video-only encoding (not a timing): queries and later searchers load the index."""
   calls = []
   encode = Evaluator.encode_corpus
   monkeypatch.setattr(Evaluator, "encode_corpus", lambda self, params: calls.append(1) or encode(self, params))
   queries = prepared_data.read_queries(searcher.data, searcher.split)
-  first = search.MomentSearcher(trained_workdir, rebuild_index=True)
-  assert (len(calls), first.index_status) == (1, "built")
-  a = first.search(queries.desc[0], TOP_K)
-  first.search(queries.desc[1], TOP_K)
-  assert len(calls) == 1                                                      # queries reuse the corpus
-  path = first.index_path()
-  meta = json.load(open(path[:-len(".npz")] + ".json"))
-  assert (meta["split"], meta["step"], meta["video_dim"], meta["vocab_sha256"]) == (
-      first.split, first.step, first.data.video_dim, first.data.manifest["vocab_sha256"])
+  searcher.search(queries.desc[0], TOP_K)
+  searcher.search(queries.desc[1], TOP_K)
+  assert calls == []                                                          # queries reuse the corpus
+  path = searcher.index_path()
   assert os.path.dirname(path) == os.path.join(trained_workdir, "search_index")
+  assert os.path.basename(path).endswith(f"_step{searcher.step}.npz")
+  meta = json.load(open(path[:-len(".npz")] + ".json"))
+  assert (meta["corpus_path"], meta["split"], meta["step"], meta["video_dim"], meta["subtitle_dim"],
+          meta["vocab_sha256"]) == (searcher.data.path, searcher.split, searcher.step, searcher.data.video_dim,
+                                    searcher.data.subtitle_dim, searcher.data.manifest["vocab_sha256"])
 
-  second = search.MomentSearcher(trained_workdir)                             # a new process would do the same
-  assert (len(calls), second.index_status) == (1, "loaded")
-  b = second.search(queries.desc[0], TOP_K)
-  assert [(m.vid_name, m.st, m.ed) for m in a] == [(m.vid_name, m.st, m.ed) for m in b]
-  assert [m.score for m in a] == pytest.approx([m.score for m in b], rel=1e-6)
+  second = search.MomentSearcher(trained_workdir)                             # what a new process does
+  assert (len(calls), second.index_status) == (0, "loaded")
+  assert set(second.corpus.parts) == set(searcher.corpus.parts)
+  for key, value in searcher.corpus.parts.items():
+    np.testing.assert_array_equal(second.corpus.parts[key], value)
+  for name in ("video_index", "duration", "frame_seconds", "frame_mask"):
+    np.testing.assert_array_equal(getattr(second.corpus, name), getattr(searcher.corpus, name))
 
-  search.MomentSearcher(trained_workdir, rebuild_index=True)
-  assert len(calls) == 2
+  assert search.MomentSearcher(trained_workdir, rebuild_index=True).index_status == "built"
+  assert len(calls) == 1
+  with np.load(path) as z:                                                    # an index of other weights/data
+    arrays = dict(z)
+  arrays["meta"] = np.array(json.dumps(dict(json.loads(str(arrays["meta"])), fingerprint="other")))
+  with open(path, "wb") as f:
+    np.savez(f, **arrays)
+  assert search.MomentSearcher(trained_workdir).index_status == "built" and len(calls) == 2
   with open(path, "wb") as f:                                                 # a damaged index is rebuilt
     f.write(b"not an npz")
   assert search.MomentSearcher(trained_workdir).index_status == "built" and len(calls) == 3
