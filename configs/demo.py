@@ -1,9 +1,12 @@
-"""Demo: HAMMER on the embedded synthetic corpus, minutes on a laptop-class CPU.
+"""Demo: HAMMER on the embedded synthetic corpus, about 10 minutes on a 2-core CPU.
 
   python -m hammer_jax.main --config=configs/demo.py --workdir=/tmp/hammer_demo
 
 `data.synthetic` holds the corpus's `make_synthetic_corpus` arguments; with an
 empty `data.prepared_dir` the corpus is built (once) under `<workdir>/data`.
+Synthetic videos last at most 60 s = 40 rows, so 48 frames cut nothing off.
+The step budget is sized for the run time (a MiniLM training step takes about
+3-4 s on a 2-core CPU, BENCHMARKS.md), not for convergence.
 """
 
 from configs import base, variants
@@ -20,10 +23,12 @@ def get_config(arg: str = ""):
   c.data.shuffle_buffer = 128
   c.optim.batch_size = 16
   c.optim.lr = 1e-4
-  c.optim.num_steps = 600
+  c.optim.num_steps = 120
   c.eval.batch_size = 32
   c.eval.final_eval = True
-  c.eval.every_steps = 200
-  c.log_every_steps = 20
-  c.checkpoint_every_steps = 200
+  c.eval.top_k_videos = 10
+  c.eval.every_steps = 60
+  c.eval.max_queries_during_training = 40
+  c.log_every_steps = 10
+  c.checkpoint_every_steps = 60
   return variants.apply_variants(c, arg)

@@ -11,8 +11,8 @@ moment scores p(v|h) * p_start * p_end as in evaluation (`retrieval.retrieve`):
 the query's VR score f(v, h) against every video, softmaxed over the corpus, then
 greedy (or the config's) decoding in each of the top_k videos.
 
-The video-only parts (`Evaluator.encode_corpus`, the expensive half) are the
-*index*: built once per (corpus, split, checkpoint step) and saved as
+The video-only parts (`Evaluator.encode_corpus`: all that does not depend on the
+query) are the *index*: built once per (corpus, split, checkpoint step) and saved as
 `W/search_index/<corpus-id>_step<N>.npz` (+ `.json`, human-readable), then loaded
 by later runs. A query costs one query encoding + V pair scores + top_k decodes.
 """
@@ -105,6 +105,8 @@ class MomentSearcher:
         split = next(iter(data.manifest["splits"]))  # A user corpus usually holds one split.
     self.data, self.split = data, split
     info = data.split(split)  # Unknown split: one-line PreparedDataError listing the prepared ones.
+    if not info["num_videos"]:
+      raise SearchError(f"{data.path}: split '{split}' has no videos")
     self.tokenizer = self._tokenizer()
     self.subtitles = None
     if subtitles:
@@ -113,18 +115,25 @@ class MomentSearcher:
                           "TVR-layout corpora only")
       self.subtitles = read_subtitles(subtitles)
     self.evaluator = Evaluator(self.model, self.config, data, split, progress=False)
+    # The query side gets an evaluator with the smallest batch (one row per device): with
+    # eval.batch_size rows, one query and top_k pairs would be padded to e.g. 64 (2 s per query on a CPU).
+    qconfig = self.config.copy_and_resolve_references()
+    qconfig.eval.batch_size = 1
+    self._query_ev = Evaluator(self.model, qconfig, data, split, progress=False)
     self.corpus, self.index_status = self._load_or_build_index(rebuild_index, require_index)
     self.video_names = [info["video_names"][i] for i in self.corpus.video_index]
 
-    # Videos are sharded over the devices, the single query is replicated: no padded query rows.
+    # Videos sharded over the devices, the one query replicated. (Evaluator.vr_scores shards queries
+    # instead, and pads a single query to several rows: 4x the work for one query on one device.)
     mesh = self.evaluator.mesh
     n_dev, v = mesh.devices.size, len(self.corpus)
     chunk = n_dev * -(-min(v, VR_CHUNK) // n_dev)
+    sharded = NamedSharding(mesh, PartitionSpec("data"))
     self._chunks = []
     for j in range(0, v, chunk):
       cols = np.arange(j, min(j + chunk, v))
       pad = np.concatenate([cols, np.full(chunk - len(cols), cols[-1])])  # fixed shape: one compilation
-      self._chunks.append((len(cols), jax.device_put(self.corpus.take(pad), NamedSharding(mesh, PartitionSpec("data")))))
+      self._chunks.append((len(cols), jax.device_put(self.corpus.take(pad), sharded)))
     self._replicated = NamedSharding(mesh, PartitionSpec())
     model = self.model
 
@@ -210,7 +219,7 @@ class MomentSearcher:
           why = "stale (corpus or checkpoint changed)"
       except (OSError, ValueError, KeyError) as e:  # e.g. a file truncated by a full disk
         why = f"unreadable ({e.__class__.__name__})"
-    if require:
+    if require and not rebuild:
       raise SearchError(f"{path}: no usable search index ({why}) and --require_index is set; run once without "
                         "--require_index to build it")
     t0 = time.time()
@@ -245,17 +254,19 @@ class MomentSearcher:
   def search(self, text: str, top_k: int = 10) -> list[Moment]:
     """The top_k moments (one per video, in the top_k videos by VR), best score first."""
     from hammer_jax import decoding, prepared_data
+    if top_k < 1:
+      raise SearchError(f"top_k must be at least 1, got {top_k}")
     ids = self.tokenize(text)
     table = prepared_data.QueryTable(desc_id=np.zeros(1, np.int64), desc=[text], type=[""], vid_name=[""],
                                      video_index=np.full(1, -1, np.int64), st=np.zeros(1, np.float32),
                                      ed=np.zeros(1, np.float32), duration=np.zeros(1, np.float32), token_ids=[ids])
-    q_parts = self.evaluator.encode_queries(self.params, table, np.arange(1))   # leaves [1, L, ...]
+    q_parts = self._query_ev.encode_queries(self.params, table, np.arange(1))   # leaves [1, L, ...]
     scores = self.vr_scores(q_parts)                                              # [V]
     log_p_v = scores - scores.max()
     log_p_v = log_p_v - np.log(np.exp(log_p_v).sum())                             # log p(v|h), softmax over corpus
     k = min(top_k, len(self.corpus))
     top = np.argsort(-scores, kind="stable")[:k]                                  # same order as retrieve()
-    loc = self.evaluator.localise(self.params, q_parts, self.corpus, np.zeros(k, np.int64), top, k=1)
+    loc = self._query_ev.localise(self.params, q_parts, self.corpus, np.zeros(k, np.int64), top, k=1)
     st, ed = (np.asarray(x, np.float64) for x in decoding.frames_to_seconds(
         loc["start"], loc["end"], self.corpus.frame_seconds[top], self.corpus.duration[top]))
     score = np.exp(log_p_v[top].astype(np.float64) + loc["log_score"])
@@ -318,7 +329,10 @@ def main(argv):
       answer(searcher, f.query)
     while f.interactive:
       print("query> ", end="", file=sys.stderr, flush=True)  # stderr: stdout stays parseable with --json
-      line = sys.stdin.readline()
+      try:
+        line = sys.stdin.readline()
+      except KeyboardInterrupt:
+        break
       if not line.strip():  # EOF ("") or an empty line
         break
       try:
