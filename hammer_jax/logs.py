@@ -15,7 +15,8 @@ class _LibraryInfoFilter(std_logging.Filter):
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     if record.levelno >= std_logging.WARNING:
-      return "TensorInfo.dtype" not in record.getMessage()  # a TFDS-internal deprecation notice
+      message = record.getMessage()  # TFDS-internal deprecation notices, not ours to act on
+      return "TensorInfo.dtype" not in message and "FeatureConnector.dtype" not in message
     return not any(p in record.pathname for p in _QUIET_PATHS)
 
 
@@ -25,3 +26,4 @@ def quiet_library_logs() -> None:
   if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
     handler.addFilter(_LibraryInfoFilter())
   std_logging.getLogger("absl").addFilter(_LibraryInfoFilter())
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)  # "Unable to initialize backend 'tpu'"
