@@ -73,7 +73,8 @@ def prepare_activitynet(out_dir: str, *, annotation_dir: str = "", split_files: 
     return video, None, None, entry.duration / video.shape[0]
 
   writer = PreparedWriter(
-      out_dir, source="activitynet", video_dim=video_dim, subtitle_dim=0, checkpoint=ckpt,
+      out_dir, source="activitynet", video_dim=video_dim, subtitle_dim=0,
+      checkpoint=pretrained.portable_name(text_checkpoint, ckpt),
       vocab_sha256=pretrained.vocab_fingerprint(ckpt), videos_per_shard=videos_per_shard,
       build_args={"files": files, "video_feature": video_feature, "max_frames": max_frames,
                   "max_query_len": max_query_len, "missing_videos": missing_videos,

@@ -120,7 +120,8 @@ def prepare_tvr(out_dir: str, *, annotation_dir: str = "", split_files: dict[str
     return video, sub, sub_mask, clip_seconds
 
   writer = PreparedWriter(
-      out_dir, source="tvr", video_dim=video_dim, subtitle_dim=subtitle_dim, checkpoint=ckpt,
+      out_dir, source="tvr", video_dim=video_dim, subtitle_dim=subtitle_dim,
+      checkpoint=pretrained.portable_name(text_checkpoint, ckpt),
       vocab_sha256=pretrained.vocab_fingerprint(ckpt), videos_per_shard=videos_per_shard,
       build_args={"files": files, "video_feature": list(video_feature), "subtitle_feature": subtitle_feature,
                   "l2_normalize": l2_normalize, "max_query_len": max_query_len, "clip_seconds": clip_seconds,

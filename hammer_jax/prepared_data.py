@@ -46,9 +46,10 @@ class PreparedData:
     """The manifest entry of one split; an error naming what to run when absent."""
     splits = self.manifest["splits"]
     if name not in splits:
-      raise PreparedDataError(
-          f"{self.path}: split '{name}' was never prepared (prepared: {', '.join(sorted(splits)) or 'none'}); "
-          f"{PREPARE_HINT}")
+      hint = (f"use one of: {', '.join(sorted(splits))}, or prepare '{name}' with "
+              f"`python -m data_prep.{self.manifest.get('source', 'tvr')}`"
+              if splits else PREPARE_HINT)
+      raise PreparedDataError(f"{self.path}: split '{name}' was never prepared; {hint}")
     return splits[name]
 
   def builder(self, dataset: str):

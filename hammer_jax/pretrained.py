@@ -58,6 +58,12 @@ def resolve_checkpoint_dir(path_or_alias: str = DEFAULT_CHECKPOINT, *, need_weig
   return path
 
 
+def portable_name(path_or_alias: str, resolved: str) -> str:
+  """What prepared data records as its checkpoint: the alias when one was given, so
+  that a moved virtual environment (another site-packages path) still resolves it."""
+  return path_or_alias if path_or_alias == DEFAULT_CHECKPOINT else resolved
+
+
 def read_bert_config(checkpoint_dir: str) -> dict[str, Any]:
   """Reads and checks `config.json` of a BERT checkpoint folder."""
   path = os.path.join(checkpoint_dir, "config.json")
