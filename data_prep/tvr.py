@@ -19,7 +19,6 @@ import json
 import os
 from typing import Any, Sequence
 
-import numpy as np
 
 from data_prep import annotations, features, records
 from data_prep.prepared_writer import PreparedWriter, format_summary

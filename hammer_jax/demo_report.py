@@ -30,7 +30,7 @@ def summary_table(results: dict[str, Any], chance: dict[str, Any] | None) -> str
     if chance:
       lines.append(f"| {name} (chance) | " + " | ".join(f"{rand(k):.2f}" for k in KS) + " |")
   lines.append(f"\nVR median rank: {results['VR']['median_rank']:.1f}"
-               + (f" (chance: about half the corpus)" if chance else "")
+               + (" (chance: about half the corpus)" if chance else "")
                + f"; TL mIoU {results['TL']['mIoU']:.2f}"
                + (f" (chance {chance['TL_mIoU']:.2f})" if chance else ""))
   return "\n".join(lines)

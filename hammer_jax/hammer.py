@@ -242,7 +242,6 @@ class Hammer(nn.Module):
         clips; "clip_text": [N, L, d] Psi's text outputs (clip MLM).
     """
     cfg = self.config
-    n_mod = len(cfg.modalities)
     tokens = video_parts["tokens"]
     n, _, k, t, d = tokens.shape
     m = t - 1

@@ -208,7 +208,6 @@ class TrainBatches:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    import tensorflow as tf
     try:
       batch = next(self._iter)
     except _READ_ERRORS() as e:

@@ -32,3 +32,15 @@ def synthetic_prepared(tmp_path_factory):
   from hammer_jax.demo_data import ensure_synthetic_prepared
   root = tmp_path_factory.mktemp("synthetic")
   return ensure_synthetic_prepared(str(root), synthetic=SMALL_SYNTHETIC, videos_per_shard=8, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(synthetic_prepared, tmp_path_factory):
+  """A tiny model trained for a few steps (eval and search tests: weights only need to be non-trivial)."""
+  from hammer_jax import train
+  from test_train import tiny_config
+  workdir = tmp_path_factory.mktemp("trained")
+  c = tiny_config(synthetic_prepared.path, **{"optim.num_steps": 6, "checkpoint_every_steps": 6,
+                                               "log_every_steps": 6, "eval.every_steps": 0})
+  train.train_and_evaluate(c, str(workdir))
+  return str(workdir)

@@ -11,19 +11,8 @@ import pytest
 
 from conftest import REPO_ROOT
 from multihost import run_processes
-from hammer_jax import evaluation, hammer, metrics, predictions, prepared_data, restore, retrieval, train
+from hammer_jax import evaluation, metrics, predictions, prepared_data, restore
 from hammer_jax.evaluator import Evaluator
-
-
-@pytest.fixture(scope="module")
-def trained_workdir(synthetic_prepared, tmp_path_factory):
-  """A tiny model trained for a few steps (weights only need to be non-trivial)."""
-  from test_train import tiny_config
-  workdir = tmp_path_factory.mktemp("trained")
-  c = tiny_config(synthetic_prepared.path, **{"optim.num_steps": 6, "checkpoint_every_steps": 6,
-                                               "log_every_steps": 6, "eval.every_steps": 0})
-  train.train_and_evaluate(c, str(workdir))
-  return str(workdir)
 
 
 def _plain_vr_scores(model, params, data, split, spec, queries, rows):

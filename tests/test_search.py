@@ -9,22 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from hammer_jax import prepared_data, retrieval, search, train
+from hammer_jax import prepared_data, retrieval, search
 from hammer_jax.evaluator import Evaluator
 
 TOP_K = 5
 ROW = 3  # a query of the val split, searched verbatim
-
-
-@pytest.fixture(scope="module")
-def trained_workdir(synthetic_prepared, tmp_path_factory):
-  """A tiny model trained for a few steps (as in test_eval: weights only need to be non-trivial)."""
-  from test_train import tiny_config
-  workdir = tmp_path_factory.mktemp("trained_search")
-  c = tiny_config(synthetic_prepared.path, **{"optim.num_steps": 6, "checkpoint_every_steps": 6,
-                                               "log_every_steps": 6, "eval.every_steps": 0})
-  train.train_and_evaluate(c, str(workdir))
-  return str(workdir)
 
 
 @pytest.fixture(scope="module")
