@@ -32,7 +32,7 @@ def restore(workdir: str, step: int | None = None) -> tuple[Any, prepared_data.P
                        f"--config=<config>")
   if step is not None and step not in steps:
     raise RestoreError(f"{workdir}: no checkpoint at step {step} (available: {steps})")
-  data = train.open_data(config, workdir)
+  data = train.open_data(config, workdir, verbose=False)  # built (and reported) by training
   model = hammer.create_model(config, data.video_dim, data.subtitle_dim)
   mesh = ts.create_mesh()
   _, abstract, _ = ts.abstract_train_state(model, config, optimizer.make_optimizer(config.optim), data.video_dim,

@@ -32,13 +32,13 @@ class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
 
 
-def open_data(config, workdir: str) -> prepared_data.PreparedData:
+def open_data(config, workdir: str, *, verbose: bool = True) -> prepared_data.PreparedData:
   """The configured prepared data; the demo builds its synthetic corpus on first use."""
   if config.data.source == "synthetic" and not config.data.prepared_dir:
     return demo_data.ensure_synthetic_prepared(
         os.path.join(workdir, "data"), synthetic=dict(config.data.synthetic),
         text_checkpoint=config.model.text_checkpoint or pretrained.DEFAULT_CHECKPOINT,
-        verbose=jax.process_index() == 0)
+        verbose=verbose and jax.process_index() == 0)
   return prepared_data.open_prepared(config.data.prepared_dir)
 
 
