@@ -147,8 +147,6 @@ class PreparedWriter:
       atomic_write_text(done_file, json.dumps({"count": len(chunk), "frames": frames, "log": this_log.to_dict()}))
       frames_total += frames
       shard_log.merge(this_log.to_dict())
-      for reason, examples in this_log.examples.items():
-        shard_log.examples.setdefault(reason, examples)
     bar.close()
 
     index_of = {e.vid_name: e.video_index for e in entries}
@@ -160,8 +158,6 @@ class PreparedWriter:
           for q in chunk])
 
     log.merge(shard_log.to_dict())
-    for reason, examples in shard_log.examples.items():
-      log.examples.setdefault(reason, examples)
     summary = {
         "num_videos": len(entries),
         "num_queries": len(queries),

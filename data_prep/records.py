@@ -68,9 +68,11 @@ class RepairLog:
       self.examples[reason].append(example)
 
   def merge(self, other: dict[str, Any]):
-    """Adds counts saved by `to_dict` (shards written by an earlier, interrupted run)."""
+    """Adds counts (and examples) saved by `to_dict`, e.g. of shards written by an earlier run."""
     self.repaired.update(other.get("repaired", {}))
     self.dropped.update(other.get("dropped", {}))
+    for reason, examples in other.get("examples", {}).items():
+      self.examples[reason].extend(examples[:3 - len(self.examples[reason])])
 
   def to_dict(self) -> dict[str, Any]:
     return {"repaired": dict(self.repaired), "dropped": dict(self.dropped),

@@ -15,7 +15,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from hammer_jax import input_pipeline, prepared_data
+from hammer_jax import decoding, input_pipeline, prepared_data
 from hammer_jax.evaluator import Corpus, Evaluator
 from hammer_jax.predictions import MAX_PREDICTIONS
 
@@ -43,10 +43,10 @@ class Retrieval:
 
 
 def _seconds(start, end, corpus: Corpus, rows):
-  delta, dur = corpus.frame_seconds[rows], corpus.duration[rows]
-  st = np.clip(start * delta, 0.0, dur)
-  ed = np.clip((end + 1) * delta, 0.0, dur)
-  return st, ed
+  """Frames -> seconds (`decoding.frames_to_seconds`) for videos at corpus positions `rows` ([N])."""
+  st, ed = decoding.frames_to_seconds(np.asarray(start), np.asarray(end), corpus.frame_seconds[rows],
+                                      corpus.duration[rows])
+  return np.asarray(st), np.asarray(ed)
 
 
 def _level_spans(loc, clip_len: int, corpus: Corpus, rows):
@@ -101,7 +101,7 @@ def retrieve(evaluator: Evaluator, params, queries: prepared_data.QueryTable, *,
       gt = pos_of[queries.video_index[rows]]
       gt_rank = 1 + (scores > scores[np.arange(len(rows)), gt][:, None]).sum(1)
       loc_gt = evaluator.localise(params, q_parts, corpus, np.arange(len(rows)), gt, k=k)
-      sst, sed = _seconds(loc_gt["top_start"], loc_gt["top_end"], corpus, gt[:, None])
+      sst, sed = _seconds(loc_gt["top_start"], loc_gt["top_end"], corpus, gt)
       svmr = np.stack([sst, sed, np.exp(loc_gt["top_log_score"])], -1)
       greedy = np.stack(_seconds(loc_gt["start"], loc_gt["end"], corpus, gt), -1)
       frame_span, clip_span = _level_spans(loc_gt, evaluator.config.model.clip_len, corpus, gt)
