@@ -16,7 +16,8 @@ def get_config(arg: str = ""):
   c = base.get_base_config()
   c.data.source = "synthetic"
   c.data.synthetic = dict(seed=0, num_train_videos=300, num_val_videos=60, num_test_videos=60,
-                          queries_per_video=5, visual_dim=128, subtitle_dim=64)
+                          queries_per_video=5, visual_dim=128, subtitle_dim=64, min_duration=15.0,
+                          max_duration=60.0)
   c.data.max_frames = 48
   c.data.max_query_len = 16
   c.data.clip_len = 8

@@ -3,11 +3,33 @@
 The rate rises linearly from 0 to `lr` over the first `warmup_fraction` of the
 steps, stays there, then drops to `decay_factors[i] * lr` at
 `decay_boundaries[i]` of training (paper: 0.1x at 50%, 0.01x at 75%).
+
+`new_layer_lr_multiplier` (choice; 1.0, the paper's single rate, in every paper
+config) scales the rate of the parameters trained from scratch: everything but
+the word/position embeddings, the text branches and the MLM head, which start from
+the pretrained BERT. The demo raises it: a short run cannot afford the hundreds of
+steps the random co-attention layers need at a rate suited to fine-tuning BERT.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
 import optax
+
+# Top-level parameter collections initialised from the pretrained text checkpoint
+# (hammer.load_pretrained_text); any path containing `text_branch` is one too.
+PRETRAINED_TOP_LEVEL = ("embeddings", "mlm_head")
+
+
+def parameter_groups(params: Any) -> Any:
+  """Tree like `params` of "pretrained" | "new" labels (see the module docstring)."""
+  def label(path, _):
+    keys = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
+    pretrained = (keys and keys[0] in PRETRAINED_TOP_LEVEL) or "text_branch" in keys
+    return "pretrained" if pretrained else "new"
+  return jax.tree_util.tree_map_with_path(label, params)
 
 
 def learning_rate_schedule(optim_config) -> optax.Schedule:
@@ -38,4 +60,9 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
     parts.append(optax.adamw(schedule, weight_decay=optim_config.weight_decay))
   else:
     parts.append(optax.adam(schedule))
+  multiplier = float(optim_config.get("new_layer_lr_multiplier", 1.0))
+  if multiplier != 1.0:
+    # Scaling Adam's update is scaling the rate (weight decay included) for that group.
+    parts.append(optax.multi_transform({"pretrained": optax.identity(), "new": optax.scale(multiplier)},
+                                       parameter_groups))
   return optax.chain(*parts)

@@ -1,0 +1,179 @@
+"""The shell commands written in the README and docs, as data for tests/test_docs.py.
+
+A command is a line of a fenced `bash` block (backslash continuations joined,
+`# comments` dropped), split at `&&`; commented-out alternatives
+(`#   --flag=...` lines under a command) are not commands. Each command is
+checked against the code it names: the module exists, every `--flag` is one the
+module defines, every config file / variant / `--config.x.y` override loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+import shlex
+
+import ml_collections
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC_FILES = ("README.md", "BENCHMARKS.md", *sorted(os.path.relpath(p, ROOT)
+                                                  for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))))
+
+_FLAG_DEFINITION = re.compile(r"""(?:DEFINE_[a-z_]+|DEFINE_config_file)\(\s*["']([A-Za-z0-9_]+)["']""")
+_ARGPARSE_DEFINITION = re.compile(r"""add_argument\(\s*["']--([A-Za-z0-9_]+)["']""")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  doc: str          # file it is written in
+  line: int         # line of its first physical line
+  argv: tuple[str, ...]
+
+  def __str__(self):
+    return f"{self.doc}:{self.line}: {shlex.join(self.argv)}"
+
+
+def _bash_blocks(text: str):
+  """(first line number, [lines]) of each ```bash block."""
+  lines = text.splitlines()
+  i = 0
+  while i < len(lines):
+    if lines[i].strip().startswith("```bash"):
+      start, body = i + 2, []
+      i += 1
+      while i < len(lines) and not lines[i].strip().startswith("```"):
+        body.append(lines[i])
+        i += 1
+      yield start, body
+    i += 1
+
+
+def commands(doc: str) -> list[Command]:
+  """Every command of the bash blocks of `doc` (a path relative to the repo root)."""
+  with open(os.path.join(ROOT, doc)) as f:
+    text = f.read()
+  out = []
+  for start, body in _bash_blocks(text):
+    logical, first = "", None
+    for offset, raw in enumerate(body):
+      line = raw.strip()
+      if not logical and (not line or line.startswith("#")):
+        continue
+      if first is None:
+        first = start + offset
+      continuation = line.endswith("\\")
+      logical += (" " if not _open_quote(logical) else "\n") + (line[:-1] if continuation else line)
+      if continuation or _open_quote(logical):
+        continue
+      for argv in split_commands(logical):
+        out.append(Command(doc, first, tuple(argv)))
+      logical, first = "", None
+  return out
+
+
+def _open_quote(text: str) -> bool:
+  try:
+    shlex.split(text, comments=True)
+    return False
+  except ValueError:
+    return True
+
+
+def split_commands(text: str) -> list[list[str]]:
+  """Shell text -> argv lists, split at `&&` and `;` (outside quotes)."""
+  lexer = shlex.shlex(text, posix=True, punctuation_chars=";&")
+  lexer.whitespace_split = True
+  lexer.commenters = "#"
+  out, current = [], []
+  for token in lexer:
+    if token in (";", "&&", "&"):
+      if current:
+        out.append(current)
+      current = []
+    else:
+      current.append(token)
+  if current:
+    out.append(current)
+  return out
+
+
+def nested_commands(argv) -> list[list[str]]:
+  """Commands inside `--command="..."` (gcloud ... ssh --command)."""
+  return [c for arg in argv if arg.startswith("--command=") for c in split_commands(arg[len("--command="):])]
+
+
+_INLINE_PYTHON = re.compile(r"`(python3? (?:-m )?[^`]+)`")
+
+
+def inline_commands(doc: str) -> list[Command]:
+  """`python ...` commands written in inline code spans (BENCHMARKS.md quotes its commands so)."""
+  out = []
+  with open(os.path.join(ROOT, doc)) as f:
+    for number, line in enumerate(f, 1):
+      for text in _INLINE_PYTHON.findall(line):
+        out.extend(Command(doc, number, tuple(argv)) for argv in split_commands(text))
+  return out
+
+
+def all_commands() -> list[Command]:
+  return [c for doc in DOC_FILES for c in commands(doc) + inline_commands(doc)]
+
+
+def is_placeholder(value: str) -> bool:
+  """`CONFIG`, `W`, `DATA`, `runs/anet_VARIANT`: names the reader replaces."""
+  return bool(re.search(r"\b[A-Z][A-Z_]*\b", value)) and not value.startswith("configs/")
+
+
+def python_target(argv) -> tuple[str, list[str]] | None:
+  """(source file of the module or script run, its arguments) for a python command, else None."""
+  argv = list(argv)
+  if not argv or not os.path.basename(argv[0]).startswith("python"):
+    return None
+  if argv[1:2] == ["-m"]:
+    module = argv[2]
+    path = os.path.join(ROOT, *module.split(".")) + ".py"
+    return path, list(argv[3:])
+  if argv[1:2] == ["-c"]:
+    return None
+  return os.path.join(ROOT, argv[1]), list(argv[2:])
+
+
+def defined_flags(source_path: str) -> set[str]:
+  """Flag names a binary defines (absl DEFINE_* or argparse), read from its source."""
+  with open(source_path) as f:
+    src = f.read()
+  names = set(_FLAG_DEFINITION.findall(src)) | set(_ARGPARSE_DEFINITION.findall(src))
+  if "absl" in src:
+    names |= {"helpfull", "help", "alsologtostderr", "logtostderr", "v", "verbosity"}
+  return names
+
+
+def given_flags(args) -> list[tuple[str, str | None]]:
+  """(name, value) of every `--name[=value]` argument (`--config.a.b` keeps its dots)."""
+  out = []
+  for arg in args:
+    if arg.startswith("--"):
+      name, eq, value = arg[2:].partition("=")
+      out.append((name, value if eq else None))
+  return out
+
+
+def load_config(spec: str, overrides: dict[str, str]) -> ml_collections.ConfigDict:
+  """`configs/x.py[:arg]` with `--config.a.b=value` overrides applied as absl would."""
+  import importlib.util
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("doc_config", os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f"config has no field {key}")
+    node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], (tuple, type(None))) else value
+  return config
