@@ -44,6 +44,8 @@ def _tiny(c):
   c.model.dropout_rate = 0.0
   c.optim.batch_size = 8
   c.optim.lr = 1e-3
+  c.optim.new_layer_lr_multiplier = 1.0  # Everything is random here: one rate.
+  c.optim.decay_boundaries = (0.5, 0.75)
   c.optim.num_steps = 20
   c.eval.batch_size = 8
   c.eval.every_steps = 10

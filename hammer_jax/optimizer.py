@@ -54,12 +54,13 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
   """Adam (or AdamW when weight_decay > 0), optional global-norm clipping."""
   schedule = learning_rate_schedule(optim_config)
   parts = []
+  b2 = float(optim_config.get("adam_b2", 0.999))
   if optim_config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(optim_config.grad_clip_norm))
   if optim_config.weight_decay:
-    parts.append(optax.adamw(schedule, weight_decay=optim_config.weight_decay))
+    parts.append(optax.adamw(schedule, b2=b2, weight_decay=optim_config.weight_decay))
   else:
-    parts.append(optax.adam(schedule))
+    parts.append(optax.adam(schedule, b2=b2))
   multiplier = float(optim_config.get("new_layer_lr_multiplier", 1.0))
   if multiplier != 1.0:
     # Scaling Adam's update is scaling the rate (weight decay included) for that group.

@@ -8,6 +8,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -78,6 +79,34 @@ def test_schedule_matches_the_paper():
   assert float(lr(999)) == pytest.approx(2e-6, rel=1e-5)
 
 
+def test_new_layer_lr_multiplier_scales_only_the_layers_trained_from_scratch():
+  c = tvr.get_config()
+  c.optim.num_steps, c.optim.warmup_fraction = 10, 0.1
+  params = {"embeddings": {"w": jnp.ones(3)}, "mlm_head": {"b": jnp.ones(3)},
+            "clip_encoder": {"text_branch": {"k": jnp.ones(3)}, "video_branch_visual": {"k": jnp.ones(3)}},
+            "vr_head": {"kernel": jnp.ones(3)}}
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  steps = {}
+  for multiplier in (1.0, 10.0):
+    c.optim.new_layer_lr_multiplier = multiplier
+    tx = optimizer.make_optimizer(c.optim)
+    state = tx.init(params)
+    for _ in range(3):  # Past step 0, where the warm-up rate is 0.
+      updates, state = tx.update(grads, state, params)
+    steps[multiplier] = jax.tree_util.tree_map(lambda u: float(jnp.abs(u[0])), updates)
+  for path in (("embeddings", "w"), ("mlm_head", "b"), ("clip_encoder", "text_branch", "k")):
+    assert _at(steps[1.0], path) > 0
+    assert _at(steps[10.0], path) == pytest.approx(_at(steps[1.0], path))
+  for path in (("clip_encoder", "video_branch_visual", "k"), ("vr_head", "kernel")):
+    assert _at(steps[10.0], path) == pytest.approx(10 * _at(steps[1.0], path))
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
 def test_paper_hyperparameters_are_the_defaults():
   t, a = tvr.get_config(), activitynet.get_config()
   assert (t.optim.batch_size, t.optim.lr, t.data.max_frames) == (128, 2e-4, 96)
@@ -88,6 +117,7 @@ def test_paper_hyperparameters_are_the_defaults():
     assert c.optim.warmup_fraction == 0.1 and tuple(c.optim.decay_boundaries) == (0.5, 0.75)
     assert tuple(c.optim.decay_factors) == (0.1, 0.01)
     assert c.model.cross_modal and c.model.clip_position_embedding and not c.model.share_encoders
+    assert c.optim.new_layer_lr_multiplier == 1.0  # One rate for every parameter, as the paper.
   assert t.data.use_subtitles and not a.data.use_subtitles
 
 
