@@ -24,6 +24,17 @@ jax.distributed.shutdown()
 """
 
 
+def barrier(name: str, timeout_s: int = 600) -> None:
+  """Waits (coordination service, not gloo) until every process reaches `name`.
+
+  Gloo gives up on a collective whose peers arrive more than 30 s apart. Under a
+  loaded test machine one process can finish compiling that much later than the
+  other, so workers compile first and meet here before their first collective.
+  """
+  from jax._src import distributed
+  distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

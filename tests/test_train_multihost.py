@@ -5,7 +5,7 @@ import json
 import jax
 import numpy as np
 
-from multihost import run_processes
+from multihost import barrier, run_processes
 
 STEPS = 3
 
@@ -28,6 +28,10 @@ def _train_on(batch_np, prepared_dir):
   global_rows = batch_np["video"].shape[0]
   offset = input_pipeline.local_batch_offset(mesh, global_rows)
   local = {k: v[offset:offset + global_rows // jax.process_count()] for k, v in batch_np.items()}
+  first = input_pipeline.make_global_batch(local, mesh)
+  step.lower(state, first, jax.random.key(1)).compile()  # Warms the cache the call below hits.
+  if jax.process_count() > 1:
+    barrier("train_step_compiled")
   losses = []
   for _ in range(STEPS):
     state, metrics = step(state, input_pipeline.make_global_batch(local, mesh), jax.random.key(1))
