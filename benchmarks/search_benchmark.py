@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -38,11 +37,9 @@ def parse_args(argv=None):
 def main(argv=None):
   args = parse_args(argv)
   from hammer_jax import search
-  index_dir = os.path.join(args.workdir, "search_index")
-  shutil.rmtree(index_dir, ignore_errors=True)  # Time the index build from scratch.
-
   t0 = time.perf_counter()
-  searcher = search.MomentSearcher(args.workdir)  # Restores, then builds and saves the index.
+  # Restores, then builds and saves the index from scratch (a saved one is ignored).
+  searcher = search.MomentSearcher(args.workdir, rebuild_index=True)
   startup = time.perf_counter() - t0
   t0 = time.perf_counter()
   searcher.search(QUERIES[0], top_k=args.top_k)

@@ -73,7 +73,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.warmup_fraction = 0.1       # linear 0 -> lr over the first 10%
   c.optim.decay_boundaries = (0.5, 0.75)  # fractions of training where LR drops
   c.optim.decay_factors = (0.1, 0.01)      # ... to these multiples of the max LR
-  c.optim.adam_b2 = 0.999             # Adam's beta2 (0.999: Adam's default; the paper names no other)
   c.optim.new_layer_lr_multiplier = 1.0  # rate of layers trained from scratch / lr (1 = paper)
   c.optim.grad_clip_norm = 0.0        # 0 = off
   c.optim.weight_decay = 0.0          # 0 = plain Adam as the paper

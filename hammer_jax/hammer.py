@@ -455,6 +455,19 @@ def _replace_subtree(old, new, path: str):
   return jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
 
 
+# Where load_pretrained_text writes the checkpoint: these top-level collections and
+# the `text_branch` of each encoder (clip_encoder absent in FLAT / when shared).
+PRETRAINED_TOP_LEVEL = ("embeddings", "mlm_head")
+TEXT_ENCODERS = ("frame_encoder", "clip_encoder")
+
+
+def is_pretrained_path(keys) -> bool:
+  """Whether the parameter at `keys` (top-level name first) starts from the text checkpoint."""
+  keys = tuple(keys)
+  return bool(keys) and (keys[0] in PRETRAINED_TOP_LEVEL or
+                         (keys[0] in TEXT_ENCODERS and keys[1:2] == ("text_branch",)))
+
+
 def load_pretrained_text(params: Mapping[str, Any], config) -> dict:
   """Overwrites the embeddings, both text branches (+ MLM head if the checkpoint has one).
 
@@ -465,13 +478,13 @@ def load_pretrained_text(params: Mapping[str, Any], config) -> dict:
   checkpoint = config.model.text_checkpoint
   if not checkpoint:
     return params
+  if "params" in params:  # Unwrap before reading the checkpoint, so it is read once.
+    return {**params, "params": load_pretrained_text(params["params"], config)}
   from hammer_jax.bert_checkpoint import load_bert_checkpoint  # Deferred: reads safetensors.
   _, ckpt = load_bert_checkpoint(checkpoint, num_layers=config.model.text_layers)
-  if "params" in params:
-    return {**params, "params": load_pretrained_text(params["params"], config)}
   p = dict(params)
   p["embeddings"] = _replace_subtree(p["embeddings"], ckpt["embeddings"], "embeddings")
-  for enc in ("frame_encoder", "clip_encoder"):  # clip_encoder absent in FLAT / when shared.
+  for enc in TEXT_ENCODERS:
     if enc in p:
       p[enc] = {**p[enc], "text_branch": _replace_subtree(p[enc]["text_branch"], ckpt["encoder"],
                                                           f"{enc}/text_branch")}

@@ -18,17 +18,14 @@ from typing import Any
 import jax
 import optax
 
-# Top-level parameter collections initialised from the pretrained text checkpoint
-# (hammer.load_pretrained_text); any path containing `text_branch` is one too.
-PRETRAINED_TOP_LEVEL = ("embeddings", "mlm_head")
+from hammer_jax.hammer import is_pretrained_path
 
 
 def parameter_groups(params: Any) -> Any:
   """Tree like `params` of "pretrained" | "new" labels (see the module docstring)."""
   def label(path, _):
     keys = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
-    pretrained = (keys and keys[0] in PRETRAINED_TOP_LEVEL) or "text_branch" in keys
-    return "pretrained" if pretrained else "new"
+    return "pretrained" if is_pretrained_path(keys) else "new"
   return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -54,13 +51,12 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
   """Adam (or AdamW when weight_decay > 0), optional global-norm clipping."""
   schedule = learning_rate_schedule(optim_config)
   parts = []
-  b2 = float(optim_config.get("adam_b2", 0.999))
   if optim_config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(optim_config.grad_clip_norm))
   if optim_config.weight_decay:
-    parts.append(optax.adamw(schedule, b2=b2, weight_decay=optim_config.weight_decay))
+    parts.append(optax.adamw(schedule, weight_decay=optim_config.weight_decay))
   else:
-    parts.append(optax.adam(schedule, b2=b2))
+    parts.append(optax.adam(schedule))
   multiplier = float(optim_config.get("new_layer_lr_multiplier", 1.0))
   if multiplier != 1.0:
     # Scaling Adam's update is scaling the rate (weight decay included) for that group.

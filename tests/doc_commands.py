@@ -14,6 +14,8 @@ import glob
 import os
 import re
 import shlex
+import subprocess
+import sys
 
 import ml_collections
 
@@ -177,3 +179,23 @@ def load_config(spec: str, overrides: dict[str, str]) -> ml_collections.ConfigDi
       raise KeyError(f"config has no field {key}")
     node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], (tuple, type(None))) else value
   return config
+
+
+def scratch_repo(tmp_path) -> dict[str, str]:
+  """Makes `tmp_path` stand for the repository root (the docs' relative paths land there).
+
+  Returns the environment to run documented commands with: this repository on
+  PYTHONPATH and one CPU device, as on a user's machine.
+  """
+  for name in ("configs", "data_prep", "hammer_jax", "benchmarks"):
+    os.symlink(os.path.join(ROOT, name), os.path.join(tmp_path, name))
+  return dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+              TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def run_as_written(argv, cwd, env) -> tuple[str, str]:
+  """Runs a documented python command with this interpreter; (stdout, stderr), failing on a non-zero exit."""
+  result = subprocess.run([sys.executable, *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, f"{shlex.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+  return result.stdout, result.stderr

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import doc_commands as dc
-from conftest import REPO_ROOT
 
 SMALL = ["--config.data.synthetic.num_train_videos=16", "--config.data.synthetic.num_val_videos=6",
          "--config.data.synthetic.num_test_videos=6", "--config.optim.num_steps=4",
@@ -28,24 +25,15 @@ def _demo_command() -> list[str]:
   raise AssertionError("README.md has no demo command")
 
 
-def _run(argv, env):
-  result = subprocess.run(argv, cwd=env["_CWD"], env=env, capture_output=True, text=True, timeout=900)
-  assert result.returncode == 0, f"{argv}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-  return result.stdout, result.stderr
-
-
 def test_demo_pipeline_end_to_end(tmp_path):
   argv = _demo_command()
   assert argv[0] == ".venv/bin/python" and argv[1:3] == ["-m", "hammer_jax.main"]
   workdir_flag = next(a for a in argv if a.startswith("--workdir="))
   workdir = tmp_path / workdir_flag.split("=", 1)[1]
-  for name in ("configs", "hammer_jax", "data_prep"):
-    os.symlink(os.path.join(REPO_ROOT, name), tmp_path / name)
-  env = dict(os.environ, PYTHONPATH=REPO_ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             _CWD=str(tmp_path))
-  command = [sys.executable, *argv[1:], *SMALL]
+  env = dc.scratch_repo(tmp_path)
+  command = [*argv, *SMALL]
 
-  first = "\n".join(_run(command, env))
+  first = "\n".join(dc.run_as_written(command, tmp_path, env))
   # Prepared the corpus, trained, evaluated, and printed recalls beside chance and where things are.
   assert "synthetic TVR corpus in" in first
   assert "| VR (model) |" in first and "| VR (chance) |" in first and "| VCMR IoU>=0.5 (chance) |" in first
@@ -58,13 +46,13 @@ def test_demo_pipeline_end_to_end(tmp_path):
   assert os.listdir(workdir / "tensorboard")
 
   # Search over the demo's corpus with the trained checkpoint.
-  printed, _ = _run([sys.executable, "-m", "hammer_jax.search", f"--workdir={workdir}", "--query",
-                  "the dog runs in the kitchen", "--top_k=3", "--json"], env)
+  printed, _ = dc.run_as_written(["python", "-m", "hammer_jax.search", f"--workdir={workdir}", "--query",
+                  "the dog runs in the kitchen", "--top_k=3", "--json"], tmp_path, env)
   moments = json.loads(printed)
   assert len(moments) == 3 and all(0 <= m["st"] <= m["ed"] for m in moments)
 
   # Re-running reuses the corpus and the checkpoint: nothing is rebuilt or retrained.
-  second = "\n".join(_run(command, env))
+  second = "\n".join(dc.run_as_written(command, tmp_path, env))
   assert "is complete for these arguments: nothing to do" in second
   assert "Resumed from step 4" in second
   assert "step 1/4" not in second

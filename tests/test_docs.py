@@ -17,8 +17,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -102,18 +100,6 @@ def test_every_ablation_row_of_reproducing_md_is_a_variant():
     dc.load_config(f"configs/activitynet.py:{variant}", {})
 
 
-def _run(argv, cwd, env):
-  result = subprocess.run([sys.executable, *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, f"{shlex_join(argv)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-  return result.stdout
-
-
-def shlex_join(argv):
-  import shlex
-  return shlex.join(argv)
-
-
 def _find(doc: str, *needles: str) -> dc.Command:
   for command in ALL:
     if command.doc == doc and all(any(n in a for a in command.argv) for n in needles):
@@ -123,26 +109,22 @@ def _find(doc: str, *needles: str) -> dc.Command:
 
 @pytest.fixture
 def repo_env(tmp_path):
-  """A scratch folder standing for the repository root (the docs' relative paths land there)."""
-  for name in ("configs", "data_prep", "hammer_jax", "benchmarks"):
-    os.symlink(os.path.join(dc.ROOT, name), tmp_path / name)
-  env = dict(os.environ, PYTHONPATH=dc.ROOT, XLA_FLAGS="", TF_CPP_MIN_LOG_LEVEL="3")
-  return tmp_path, env
+  return tmp_path, dc.scratch_repo(tmp_path)
 
 
 def test_readme_synthetic_preparation_runs_as_written(repo_env):
   root, env = repo_env
   make = _find("README.md", "data_prep.make_synthetic")
   prepare = _find("README.md", "data_prep.tvr", "--out_dir=data/synthetic_prepared")
-  _run(make.argv, root, env)
-  _run(prepare.argv, root, env)
+  dc.run_as_written(make.argv, root, env)
+  dc.run_as_written(prepare.argv, root, env)
   manifest = json.load(open(root / "data/synthetic_prepared/prepared.json"))
   assert manifest["splits"]["train"]["num_queries"] == 1500  # make_synthetic's defaults: 300 videos x 5.
 
   # docs/getting_data.md's check of a prepared folder, pointed at this one.
   check = next(c for c in ALL if c.doc == "docs/getting_data.md" and c.argv[1:2] == ("-c",))
   code = check.argv[2].replace("data/tvr_prepared", "data/synthetic_prepared")
-  printed = _run(["python", "-c", code], root, env)
+  printed, _ = dc.run_as_written(["python", "-c", code], root, env)
   assert "'train': (300, 1500)" in printed
 
 
@@ -153,10 +135,10 @@ def test_readme_eval_and_search_run_as_written(trained_workdir, repo_env):
   shutil.copytree(trained_workdir, root / "runs" / "tvr", symlinks=True)
   evaluate = _find("README.md", "hammer_jax.eval")
   assert evaluate.argv[3:] == ("--workdir=runs/tvr",)
-  _run(evaluate.argv, root, env)
+  dc.run_as_written(evaluate.argv, root, env)
   assert any(name.startswith("val_step") for name in os.listdir(root / "runs/tvr/eval"))
   search = _find("README.md", "hammer_jax.search")
-  printed = _run(list(search.argv) + ["--json"], root, env)
+  printed, _ = dc.run_as_written(list(search.argv) + ["--json"], root, env)
   moments = json.loads(printed[printed.index("["):])
   top_k = int(dict(dc.given_flags(search.argv))["top_k"])
   assert 1 <= len(moments) <= top_k
