@@ -55,7 +55,7 @@ def evaluate_split(evaluator: Evaluator, params, *, top_k: int, max_queries: int
   when `with_analyses`).
   """
   data, split = evaluator.data, evaluator.split
-  queries = prepared_data.read_queries(data, split)
+  queries = evaluator.queries
   has_gt = bool(data.split(split)["has_ground_truth"])
   rows = np.arange(len(queries) if max_queries is None else min(max_queries, len(queries)))
   result = retrieval.retrieve(evaluator, params, queries, top_k=top_k, query_rows=rows, with_ground_truth=has_gt)
@@ -64,14 +64,14 @@ def evaluate_split(evaluator: Evaluator, params, *, top_k: int, max_queries: int
   predictions.validate_submission(submission)
   out: dict[str, Any] = {}
   if has_gt:
-    gt = [r for r in metrics.ground_truth_records(queries) if r["desc_id"] in
-          {int(queries.desc_id[q]) for q in rows}]
+    wanted = set(queries.desc_id[rows].tolist())
+    gt = [r for r in metrics.ground_truth_records(queries) if r["desc_id"] in wanted]
     out = dict(metrics.evaluate_predictions(submission, gt))
     gt_spans = np.stack([queries.st[rows], queries.ed[rows]], -1)
     out["TL"] = dict(metrics.tl_metrics(result.greedy_gt, gt_spans))
   if out_dir and jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
-    predictions.write_submission(os.path.join(out_dir, "predictions.json"), submission)
+    predictions.write_submission(os.path.join(out_dir, "predictions.json"), submission, validated=True)
     if has_gt:
       _write_text(os.path.join(out_dir, "metrics.json"), json.dumps(out, indent=1))
       _write_text(os.path.join(out_dir, "metrics.md"), metrics.format_table(out) + "\n")

@@ -89,6 +89,11 @@ class Evaluator:
 
   # -- jitted pieces -----------------------------------------------------------
 
+  @functools.cached_property
+  def queries(self) -> prepared_data.QueryTable:
+    """The split's queries, read once (periodic evaluations reuse them)."""
+    return prepared_data.read_queries(self.data, self.split)
+
   def _vr_block_fn(self, params, q_parts, v_parts):
     """f(v, h) for every pair of a block: q [qb, ...] x v [vb, ...] -> [qb, vb]."""
     qb = q_parts["query_mask"].shape[0]

@@ -49,12 +49,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-TASK_TYPES = ("VCMR", "SVMR", "VR")
+# The submission layout's tasks and 100-prediction cap are defined once, in predictions.py.
+from hammer_jax.predictions import MAX_PREDICTIONS as MAX_PRED_PER_QUERY
+from hammer_jax.predictions import TASKS as TASK_TYPES
+
 DESC_TYPES = ("v", "t", "vt")
 RECALL_KS = (1, 5, 10, 100)
 IOU_THDS = (0.5, 0.7)
 TL_IOU_THDS = (0.3, 0.5, 0.7)
-MAX_PRED_PER_QUERY = 100
 
 
 def rounded_percentage(fraction) -> float:

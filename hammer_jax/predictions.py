@@ -187,9 +187,10 @@ def validate_submission(obj: Any) -> None:
       _check_predictions(task, where, entry["predictions"], known)
 
 
-def write_submission(path: str, obj: dict) -> None:
-  """Validates, then writes JSON atomically (temp file in the same folder + os.replace)."""
-  validate_submission(obj)
+def write_submission(path: str, obj: dict, *, validated: bool = False) -> None:
+  """Validates (unless the caller just did), then writes JSON atomically (temp file + os.replace)."""
+  if not validated:
+    validate_submission(obj)
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
