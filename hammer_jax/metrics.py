@@ -216,17 +216,25 @@ def svmr_query_hits(predictions, ground_truth: GroundTruth, ks=RECALL_KS, ious=I
   return out
 
 
+def _vr_hits(match, ks) -> "OrderedDict[str, np.ndarray]":
+  return OrderedDict((f"r{k}", match[:, :k].any(axis=1)) for k in ks)
+
+
+def _vr_ranks(match, count) -> np.ndarray:
+  return np.where(match.any(axis=1), np.argmax(match, axis=1) + 1, count + 1)
+
+
 def vr_query_hits(predictions, ground_truth: GroundTruth, ks=RECALL_KS,
                   max_pred_per_query=MAX_PRED_PER_QUERY) -> "OrderedDict[str, np.ndarray]":
   """VR hits per query: {"r{k}": bool [Q]} (st/ed are not used)."""
   match, _, _ = _match_and_correct(predictions, ground_truth, (1.0,), max_pred_per_query)
-  return OrderedDict((f"r{k}", match[:, :k].any(axis=1)) for k in ks)
+  return _vr_hits(match, ks)
 
 
 def vr_ranks(predictions, ground_truth: GroundTruth, max_pred_per_query=MAX_PRED_PER_QUERY) -> np.ndarray:
   """int64 [Q] 1-based rank of the first prediction naming the right video; absent: list length + 1."""
   match, _, count = _match_and_correct(predictions, ground_truth, (1.0,), max_pred_per_query)
-  return np.where(match.any(axis=1), np.argmax(match, axis=1) + 1, count + 1)
+  return _vr_ranks(match, count)
 
 
 def _median(ranks: np.ndarray) -> float:
@@ -340,8 +348,8 @@ def evaluate_predictions(submission: Mapping[str, Any], ground_truth: Sequence[M
     gt = GroundTruth.from_records(records, video2idx)
     preds = [pred_by_id[r["desc_id"]]["predictions"] for r in records]
     if task == "VR":
-      hits = vr_query_hits(preds, gt, ks, max_pred_per_query)
-      ranks = vr_ranks(preds, gt, max_pred_per_query)
+      match, _, count = _match_and_correct(preds, gt, (1.0,), max_pred_per_query)  # Once for hits and ranks.
+      hits, ranks = _vr_hits(match, ks), _vr_ranks(match, count)
       results[task] = recall_from_hits(hits)
       results[task]["median_rank"] = _median(ranks)
     else:
