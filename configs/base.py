@@ -54,6 +54,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.new_layer_init_std = 0.0    # init std of layers trained from scratch; 0: 1/sqrt(d) (choice)
   c.model.dropout_rate = 0.1
   c.model.dtype = "float32"           # compute dtype: "float32" | "bfloat16" (params stay float32)
+  c.model.dual_encoder_dim = 256      # first-stage vectors (with loss.use_dual_encoder; not in the paper)
   c.model.decoding = "greedy"         # "greedy" (section 3.5) | "joint" (arg-max over start <= end)
 
   c.loss = ml_collections.ConfigDict()
@@ -64,6 +65,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.loss.use_tl = True
   c.loss.use_frame_mlm = True
   c.loss.use_clip_mlm = True
+  c.loss.use_dual_encoder = False     # dual-encoder head + in-batch contrastive loss (dual_encoder.py); paper: off
+  c.loss.dual_encoder_weight = 1.0
   c.loss.frame_loss_reduction = "sum"  # frame-wise B/E/O CE: "sum" over frames (Eq. 6) | "mean" (choice)
 
   c.optim = ml_collections.ConfigDict()
@@ -86,6 +89,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval.val_loss_batches = 4         # batches of the eval split for the periodic validation loss
 
   c.log_every_steps = 50
+  c.log_objective_grad_norms = True   # per-objective gradient norms on logged steps (one backward each)
   c.checkpoint_every_steps = 1000
   c.max_checkpoints_to_keep = 3
   return c

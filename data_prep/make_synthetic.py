@@ -73,6 +73,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from data_prep import tvr_durations
+
 FRAME_SECONDS = 1.5
 SPLITS = ("train", "val", "test_public")  # `test_public`: the real video2dur_idx key.
 JSONL = {"train": "tvr_train_release.jsonl", "val": "tvr_val_release.jsonl",
@@ -196,7 +198,10 @@ def _make_split(split: str, split_id: int, n_videos: int, a: dict[str, Any],
   seen = set()  # Concept sets of the split: fresh combinations avoid them where possible.
   for i in range(n_videos):
     name = f"synth_{split}_{i:04d}"
-    duration = round(float(rng.uniform(a["min_duration"], a["max_duration"])), 2)
+    if a["durations"] == "tvr":  # The real train distribution; at least 3 s (2 rows) for a moment.
+      duration = round(max(3.0, tvr_durations.tvr_duration(rng.uniform())), 2)
+    else:
+      duration = round(float(rng.uniform(a["min_duration"], a["max_duration"])), 2)
     n = math.ceil(duration / FRAME_SECONDS)
     vis = rng.standard_normal((n, dv)) * (NOISE_NORM / math.sqrt(dv))
     sub = rng.standard_normal((n, ds)) * (NOISE_NORM / math.sqrt(ds))
@@ -336,9 +341,12 @@ def make_synthetic_corpus(out_dir: str, *, seed: int = 0, num_train_videos: int 
                           num_val_videos: int = 60, num_test_videos: int = 60,
                           queries_per_video: int = 5, visual_dim: int = 128,
                           subtitle_dim: int = 64, min_duration: float = 15.0,
-                          max_duration: float = 60.0, verbose: bool = True) -> dict[str, Any]:
+                          max_duration: float = 60.0, durations: str = "uniform",
+                          verbose: bool = True) -> dict[str, Any]:
   """Writes (or finds up to date) a synthetic TVR-layout corpus in `out_dir`.
 
+  durations: "uniform" in [min_duration, max_duration], or "tvr": the real TVR
+  train split's distribution (data_prep/tvr_durations.py; min/max ignored).
   Returns {"out_dir", "skipped" (True: the complete corpus was already there),
   "args", "splits": {split: {videos, queries, frames, videos_without_subtitles,
   types}}, "chance": chance.json's content, "seconds"}.
@@ -347,7 +355,9 @@ def make_synthetic_corpus(out_dir: str, *, seed: int = 0, num_train_videos: int 
   args = {"seed": seed, "num_train_videos": num_train_videos, "num_val_videos": num_val_videos,
           "num_test_videos": num_test_videos, "queries_per_video": queries_per_video,
           "visual_dim": visual_dim, "subtitle_dim": subtitle_dim,
-          "min_duration": float(min_duration), "max_duration": float(max_duration)}
+          "min_duration": float(min_duration), "max_duration": float(max_duration), "durations": durations}
+  if durations not in ("uniform", "tvr"):
+    raise ValueError(f"durations must be 'uniform' or 'tvr', got {durations!r}")
   if not 3.0 <= min_duration <= max_duration:
     raise ValueError(f"need 3 <= min_duration <= max_duration, got {min_duration}, {max_duration}")
   os.makedirs(out_dir, exist_ok=True)
@@ -439,7 +449,7 @@ def main(argv: list[str]) -> None:
                         num_val_videos=f.num_val_videos, num_test_videos=f.num_test_videos,
                         queries_per_video=f.queries_per_video, visual_dim=f.visual_dim,
                         subtitle_dim=f.subtitle_dim, min_duration=f.min_duration,
-                        max_duration=f.max_duration)
+                        max_duration=f.max_duration, durations=f.durations)
 
 
 if __name__ == "__main__":
@@ -454,4 +464,6 @@ if __name__ == "__main__":
   flags.DEFINE_integer("subtitle_dim", 64, "Width of the subtitle features.")
   flags.DEFINE_float("min_duration", 15.0, "Shortest video, seconds.")
   flags.DEFINE_float("max_duration", 60.0, "Longest video, seconds.")
+  flags.DEFINE_enum("durations", "uniform", ["uniform", "tvr"],
+                    "uniform: between min/max_duration; tvr: the real TVR train distribution.")
   app.run(main)

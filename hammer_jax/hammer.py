@@ -42,6 +42,7 @@ import numpy as np
 
 from hammer_jax import pretrained
 from hammer_jax.bert import BertConfig, BertEmbeddings, BertMLMHead
+from hammer_jax.dual_encoder import DualEncoderHead
 from hammer_jax.encoders import SUBTITLE, VISUAL, HierarchicalEncoder, VideoInput
 
 NEG_INF = -1e9  # "log 0" for padded frames/clips; finite so that adding two stays finite.
@@ -74,6 +75,9 @@ class ModelConfig:
   # almost uniform, so the query-video interaction that VR needs starts at ~0 and
   # takes hundreds of steps to appear (tests/test_train.py measures the learning).
   new_layer_init_std: float = 0.0
+  # Width of the dual-encoder (first-stage) head's vectors (dual_encoder.py); 0: no
+  # such head (the paper's model).
+  dual_encoder_dim: int = 0
 
   def __post_init__(self):
     if self.frame_position not in ("in_clip", "absolute"):
@@ -90,6 +94,13 @@ class ModelConfig:
   @property
   def max_clips(self) -> int:
     return 1 if self.flat else math.ceil(self.max_frames / self.clip_len)
+
+
+def clip_mask_of(frame_mask, num_clips: int, clip_len: int):
+  """[N, F] frame mask -> int32 [N, K]: 1 on clips holding at least one real frame."""
+  n, f = frame_mask.shape
+  padded = jnp.pad(frame_mask, ((0, 0), (0, num_clips * clip_len - f))).reshape(n, num_clips, clip_len)
+  return jnp.any(padded > 0, axis=-1).astype(jnp.int32)
 
 
 def _tile_modalities(text_vec, n: int):
@@ -135,6 +146,8 @@ class Hammer(nn.Module):
     # W for B/E/O, Eq. 12. The bias (a per-class prior) does not cancel over classes.
     self.frame_head = nn.Dense(3, dtype=jnp.float32, name="frame_head")
     self.mlm_head = BertMLMHead(bert, dt, jnp.float32)
+    if cfg.dual_encoder_dim:
+      self.dual_encoder = DualEncoderHead(cfg.dual_encoder_dim)
 
   # -- helpers ---------------------------------------------------------------
 
@@ -248,7 +261,7 @@ class Hammer(nn.Module):
     frame_mask = video_parts["frame_mask"]
     f = frame_mask.shape[1]
     clip_frame_mask = jnp.pad(frame_mask, ((0, 0), (0, k * m - f))).reshape(n, k, m)
-    clip_mask = jnp.any(clip_frame_mask > 0, axis=-1).astype(jnp.int32)          # [N, K]
+    clip_mask = clip_mask_of(frame_mask, k, m)                                    # [N, K]
     token_mask = jnp.concatenate([jnp.ones((n, k, 1), clip_frame_mask.dtype), clip_frame_mask],
                                  axis=-1).reshape(n * k, t)
 
@@ -313,6 +326,17 @@ class Hammer(nn.Module):
     out["frame_text"] = text_out
     return out
 
+  def embed_query(self, query_parts) -> jax.Array:
+    """Dual-encoder query vectors [B, e] from `encode_query` output (needs dual_encoder_dim)."""
+    return self.dual_encoder.embed_query(query_parts["frame_text"], query_parts["query_mask"])
+
+  def embed_clips(self, video_parts) -> tuple[jax.Array, jax.Array]:
+    """Dual-encoder clip vectors [B, K, e] and the clip mask [B, K] from `encode_video` output."""
+    tokens = video_parts["tokens"]                                                # [B, n, K, 1+M, d]
+    b, n, k, t, d = tokens.shape
+    ccls = jnp.moveaxis(tokens[:, :, :, 0], 1, 2).reshape(b, k, n * d)
+    return self.dual_encoder.embed_clips(ccls), clip_mask_of(video_parts["frame_mask"], k, t - 1)
+
   def predict_masked(self, text, mlm_positions):
     """MLM logits at the masked positions only (never [.., L, vocab]).
 
@@ -333,7 +357,9 @@ class Hammer(nn.Module):
       "vr_scores": [B, 1+J] f(v, h) of the positive (column 0) and of the
         `neg_index` negatives (only column 0 when `with_negatives` is off),
       "frame_mlm_logits": [B, K, P, vocab] (frame_mlm on),
-      "clip_mlm_logits": [B, P, vocab] (clip_mlm on, HAMMER only).
+      "clip_mlm_logits": [B, P, vocab] (clip_mlm on, HAMMER only),
+      with the dual-encoder head: "query_embedding" [B, e], "clip_embeddings"
+        [B, K, e], "embedding_clip_mask" [B, K], "embedding_scale" [].
     """
     cfg = self.config
     queries = self.encode_query(batch["query_ids"], batch["query_mask"], deterministic)
@@ -349,6 +375,10 @@ class Hammer(nn.Module):
       negative = self.score_pairs(neg_queries, neg_videos, deterministic, retrieval_only=True)
       vr_scores = jnp.concatenate([vr_scores, negative["vr_score"].reshape(b, j)], axis=1)
     out["vr_scores"] = vr_scores
+    if cfg.dual_encoder_dim:
+      out["query_embedding"] = self.embed_query(queries)
+      out["clip_embeddings"], out["embedding_clip_mask"] = self.embed_clips(videos)
+      out["embedding_scale"] = self.dual_encoder.scale()
     if cfg.frame_mlm:
       out["frame_mlm_logits"] = self.predict_masked(positive["frame_text"], batch["mlm_positions"])
     if cfg.clip_mlm and not cfg.flat:
@@ -402,6 +432,7 @@ def model_config(config, video_dim: int, subtitle_dim: int = 0) -> ModelConfig:
       frame_mlm=bool(config.loss.use_frame_mlm),
       clip_mlm=bool(config.loss.use_clip_mlm) and not mc.flat,
       new_layer_init_std=float(mc.get("new_layer_init_std", 0.0)),
+      dual_encoder_dim=int(mc.dual_encoder_dim) if config.loss.get("use_dual_encoder", False) else 0,
   )
 
 
@@ -423,7 +454,7 @@ def dummy_batch(config, video_dim: int, subtitle_dim: int = 0, batch_size: int =
       "start_clip": np.zeros((b,), np.int32), "end_clip": np.zeros((b,), np.int32),
       "frame_labels": np.zeros((b, f, 3), np.float32),
       "neg_index": np.zeros((b, j), np.int32), "neg_mask": np.zeros((b, j), np.float32),
-      "example_mask": np.ones((b,), np.int32),
+      "example_mask": np.ones((b,), np.int32), "video_index": np.arange(b, dtype=np.int32),
   }
   if subtitle_dim > 0 and config.data.get("use_subtitles", True):
     batch["subtitle"] = np.zeros((b, f, subtitle_dim), np.float32)
@@ -466,6 +497,22 @@ def is_pretrained_path(keys) -> bool:
   keys = tuple(keys)
   return bool(keys) and (keys[0] in PRETRAINED_TOP_LEVEL or
                          (keys[0] in TEXT_ENCODERS and keys[1:2] == ("text_branch",)))
+
+
+def parameter_group(keys) -> str:
+  """"text" (embeddings, text branches, MLM head), "video" (video inputs and branches),
+  "cross_modal" (co-attention layers) or "head" (VR, TL and dual-encoder heads) for
+  the parameter at `keys` (top-level name first). The first three are what the
+  objectives share; training logs the gradient each objective sends into them."""
+  keys = tuple(keys)
+  if is_pretrained_path(keys):
+    return "text"
+  if keys[0].startswith(("frame_input", "clip_input")) or (
+      keys[0] in TEXT_ENCODERS and keys[1].startswith("video_branch")):
+    return "video"
+  if keys[0] in TEXT_ENCODERS:
+    return "cross_modal"
+  return "head"
 
 
 def load_pretrained_text(params: Mapping[str, Any], config) -> dict:

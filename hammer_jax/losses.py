@@ -20,7 +20,10 @@ padding examples (eval's last batch) count for nothing. All arithmetic is float3
     prediction per clip; the per-clip CEs are averaged over the example's real
     clips (choice: every clip saw the same masked query, none is privileged).
     MLM = frame MLM + clip MLM (each switchable; Table 4's FM and CM).
-  Total (Eq. 14): vr_weight * VR + tl_weight * TL + mlm_weight * MLM.
+  Dual encoder (not in the paper; `loss.use_dual_encoder`, dual_encoder.py):
+    in-batch InfoNCE of each query against every video of the (global) batch.
+  Total (Eq. 14): vr_weight * VR + tl_weight * TL + mlm_weight * MLM
+    (+ dual_encoder_weight * dual encoder when on).
 """
 
 from __future__ import annotations
@@ -108,11 +111,34 @@ def mlm_loss(logits, targets, weights, example_weights, clip_mask=None):
   return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1e-9)
 
 
+def dual_encoder_loss(query_embedding, clip_embeddings, clip_mask, video_index, example_weights, scale):
+  """In-batch InfoNCE, query -> video, a video's score the max over its real clips.
+
+  Args:
+    query_embedding: [B, e]; clip_embeddings: [B, K, e] (unit vectors); clip_mask: [B, K].
+    video_index: [B] video of each row: other rows of the query's own video are
+      left out of its softmax (they are positives too, not negatives).
+    example_weights: [B] (0 rows are neither queries nor candidates).
+    scale: scalar logit scale.
+  Under jit over a global batch sharded across devices and hosts, the [B, B]
+  similarity spans every video of the global batch (XLA gathers the clip vectors).
+  Returns: scalar, weighted mean over queries of -log softmax(s)[own video].
+  """
+  sim = jnp.einsum("qe,vke->qvk", query_embedding.astype(jnp.float32), clip_embeddings.astype(jnp.float32))
+  sim = jnp.max(jnp.where(clip_mask[None] > 0, sim, -1.0), axis=-1) * scale          # [B, B]
+  b = sim.shape[0]
+  own = jnp.eye(b, dtype=bool)
+  same_video = (video_index[:, None] == video_index[None, :]) & ~own
+  keep = own | ((example_weights[None, :] > 0) & ~same_video)
+  nll = -jnp.diagonal(jax.nn.log_softmax(jnp.where(keep, sim, -jnp.inf), axis=-1))
+  return _weighted_mean(nll, example_weights)
+
+
 def hammer_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], loss_config):
   """Eq. 14. `loss_config` is `config.loss` (weights and use_* switches).
 
   Returns (total scalar, {"total", "vr", "tl", "tl_clip", "tl_frame", "mlm",
-  "frame_mlm", "clip_mlm"} with the terms that are on). A switched-on term whose
+  "frame_mlm", "clip_mlm", "dual_encoder"} with the terms that are on). A switched-on term whose
   output the model does not produce (e.g. clip MLM in FLAT) is left out.
   """
   example_weights = batch.get("example_mask")
@@ -132,6 +158,11 @@ def hammer_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], loss_c
                                  loss_config.get("frame_loss_reduction", "sum"))
     terms.update(parts)
     total = total + loss_config.tl_weight * terms["tl"]
+  if loss_config.get("use_dual_encoder", False) and "query_embedding" in outputs:
+    terms["dual_encoder"] = dual_encoder_loss(outputs["query_embedding"], outputs["clip_embeddings"],
+                                              outputs["embedding_clip_mask"], batch["video_index"],
+                                              example_weights, outputs["embedding_scale"])
+    total = total + loss_config.dual_encoder_weight * terms["dual_encoder"]
   mlm_terms = []
   if loss_config.use_frame_mlm and "frame_mlm_logits" in outputs:
     terms["frame_mlm"] = mlm_loss(outputs["frame_mlm_logits"], batch["mlm_targets"], batch["mlm_weights"],

@@ -64,15 +64,71 @@ def in_batch_retrieval_accuracy(vr_scores, batch):
   return jnp.sum(hit * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
+def vr_score_spread(vr_scores, batch):
+  """Std of f(v, h) over each query's candidates (positive + real negatives), batch mean.
+
+  The VR diagnostic to watch (docs/training_dynamics.md): when the video retrieval
+  head ties every video this is ~0 while the VR loss sits at ln(1 + J).
+  """
+  keep = jnp.concatenate([jnp.ones_like(vr_scores[:, :1]), (batch["neg_mask"] > 0).astype(vr_scores.dtype)], 1)
+  n = jnp.maximum(jnp.sum(keep, axis=1), 1.0)
+  mean = jnp.sum(vr_scores * keep, axis=1) / n
+  std = jnp.sqrt(jnp.sum(jnp.square(vr_scores - mean[:, None]) * keep, axis=1) / n)
+  w = batch["example_mask"].astype(jnp.float32) * (n > 1)
+  return jnp.sum(std * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
 def make_loss_fn(model: hammer.Hammer, loss_config, *, train: bool) -> Callable:
   """(params, batch, rng) -> (total loss, dict of terms)."""
 
   def loss_fn(params, batch, rng):
     outputs = model.apply({"params": params}, batch, deterministic=not train, rngs={"dropout": rng})
     total, terms = losses.hammer_loss(outputs, batch, loss_config)
-    return total, dict(terms, vr_accuracy=in_batch_retrieval_accuracy(outputs["vr_scores"], batch))
+    return total, dict(terms, vr_accuracy=in_batch_retrieval_accuracy(outputs["vr_scores"], batch),
+                       vr_spread=vr_score_spread(outputs["vr_scores"], batch))
 
   return loss_fn
+
+
+OBJECTIVE_WEIGHTS = {"vr": "vr_weight", "tl": "tl_weight", "mlm": "mlm_weight", "dual_encoder": "dual_encoder_weight"}
+SHARED_GROUPS = ("text", "video", "cross_modal")
+
+
+def make_objective_grad_norms(model, config, state_shardings, mesh):
+  """Jitted (params, batch, rng) -> {"grad/<objective>/<group>": norm}.
+
+  The norm of the gradient that each weighted objective of Eq. 14 sends into each
+  shared parameter group (`hammer.parameter_group`: text, video, cross_modal).
+  One forward and one backward per objective, so training runs it on logged steps
+  only. An objective whose gradient into the video and cross-modal groups is ~0
+  is not shaping the representation it reads (docs/training_dynamics.md).
+  """
+  loss_config = config.loss
+
+  def fn(params, batch, rng):
+    def forward(p):
+      out = model.apply({"params": p}, batch, deterministic=False, rngs={"dropout": rng})
+      floats = {k: v for k, v in out.items() if jnp.issubdtype(v.dtype, jnp.floating)}
+      return floats, {k: v for k, v in out.items() if k not in floats}
+
+    outputs, pullback, rest = jax.vjp(forward, params, has_aux=True)
+    _, terms = losses.hammer_loss(dict(outputs, **rest), batch, loss_config)
+    groups = jax.tree_util.tree_map_with_path(
+        lambda path, _: hammer.parameter_group([getattr(k, "key", str(k)) for k in path]), params)
+    norms = {}
+    for name, weight in OBJECTIVE_WEIGHTS.items():
+      if name not in terms:
+        continue
+      term = lambda o, name=name: loss_config[weight] * losses.hammer_loss(dict(o, **rest), batch, loss_config)[1][name]
+      (grads,) = pullback(jax.grad(term)(outputs))
+      for group in SHARED_GROUPS:
+        leaves = [g for g, lab in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(groups))
+                  if lab == group]
+        norms[f"grad/{name}/{group}"] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves)) if leaves else 0.0
+    return norms
+
+  return jax.jit(fn, in_shardings=(state_shardings.params, ts.batch_sharding(mesh), ts.replicated(mesh)),
+                 out_shardings=ts.replicated(mesh))
 
 
 def make_train_step(model, config, tx: optax.GradientTransformation, schedule, state_shardings, mesh):
@@ -146,6 +202,25 @@ def _periodic_evaluator(model, config, data, workdir: str) -> Callable:
   return run
 
 
+def format_step_line(step: int, total: int, m: dict[str, float], config) -> str:
+  """The console line of a logged step: losses, the VR diagnostics, per-objective gradients, speed."""
+  j = config.data.num_negatives
+  parts = [f"step {step}/{total}", f"loss {m['loss']:.4f}"]
+  terms = " ".join(f"{k} {m[k]:.4f}" for k in ("vr", "tl", "mlm", "dual_encoder") if k in m)
+  parts.append(f"({terms})")
+  if "vr" in m and j > 0:
+    parts.append(f"vr/ln(1+J) {m['vr'] / math.log(1 + j):.3f}  vr spread {m['vr_spread']:.4f}  "
+                 f"vr acc {m['vr_accuracy']:.3f}")
+  grads = [k for k in m if k.startswith("grad/")]
+  for name in dict.fromkeys(k.split("/")[1] for k in grads):
+    parts.append(f"|g {name}| " + " ".join(f"{g[:5]} {m[f'grad/{name}/{g}']:.3g}" for g in SHARED_GROUPS
+                                           if f"grad/{name}/{g}" in m))
+  eta = (total - step) / max(m["steps_per_sec"], 1e-9)
+  parts.append(f"lr {m['lr']:.2e}  {m['steps_per_sec']:.2f} steps/s  {m['examples_per_sec']:.1f} examples/s  "
+               f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+  return "  ".join(parts)
+
+
 def train_and_evaluate(config, workdir: str, *, evaluate_fn: Callable | None = None) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns last metrics.
 
@@ -185,6 +260,8 @@ def train_and_evaluate(config, workdir: str, *, evaluate_fn: Callable | None = N
     writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
   train_step = make_train_step(model, config, tx, schedule, shardings, mesh)
   eval_loss = make_eval_loss(model, config, shardings, mesh)
+  grad_norms = (make_objective_grad_norms(model, config, shardings, mesh)
+                if config.get("log_objective_grad_norms", True) else None)
   batches = input_pipeline.TrainBatches(
       data, config.data.train_split, spec, local_batch_size=local_batch, seed=config.seed, start_step=start,
       global_offset=input_pipeline.local_batch_offset(mesh, config.optim.batch_size))
@@ -213,12 +290,10 @@ def train_and_evaluate(config, workdir: str, *, evaluate_fn: Callable | None = N
         elapsed = time.time() - t0
         rate = steps_in_window / max(elapsed, 1e-9)
         last.update(steps_per_sec=rate, examples_per_sec=rate * config.optim.batch_size)
+        if grad_norms is not None:
+          last.update({k: float(v) for k, v in jax.device_get(grad_norms(state.params, batch, dropout_rng)).items()})
         writer.write_scalars(step, last)
-        eta = (total - step) / max(rate, 1e-9)
-        logging.info("step %d/%d  loss %.4f (vr %.4f tl %.4f mlm %.4f)  lr %.2e  %.2f steps/s  "
-                     "%.1f examples/s  ETA %s", step, total, last["loss"], last.get("vr", 0.0),
-                     last.get("tl", 0.0), last.get("mlm", 0.0), last["lr"], rate,
-                     last["examples_per_sec"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+        logging.info("%s", format_step_line(step, total, last, config))
         t0, steps_in_window = time.time(), 0
       if save_due or stop:
         ckpt.save(step, state, force=True)

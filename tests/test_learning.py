@@ -1,28 +1,27 @@
-"""Learning is tested by learning: a tiny HAMMER trained briefly beats chance by stated margins.
+"""Learning is tested by learning: the product's model (MiniLM text branches) trained briefly beats chance.
 
-One run of the real binary (`python -m hammer_jax.main`, one CPU device, in a
-subprocess) trains the `tiny` model (d=32, random text branches) for 700 steps on
-a synthetic corpus of 300 training videos, then evaluates the 30-video val split
-with the eval binary's code (`eval.final_eval`). Then:
+One run of the real binary (`python -m hammer_jax.main --config=configs/demo.py`,
+one CPU device, in a subprocess): the demo's model and corpus (300 training
+videos, 30 val videos), 450 steps instead of 600, then the eval binary's
+evaluation of the val split (`eval.final_eval`). Asserted:
 
-* training: the loss falls below 0.6x its first logged value, the VR loss ends
-  0.2 below its chance value ln 4, and the in-batch VR accuracy (positive vs 3
-  negatives, chance 25%) ends above 40%;
-* evaluation (corpus of 30 videos): VR R@1 at least 2.5x chance and R@10 at
-  least 15 points above it, VCMR R@10 at IoU 0.5 at least 5x chance, TL mIoU
-  at least 10 points above chance (chance levels: the corpus's `chance.json`).
+* video retrieval itself: the VR loss over the last 100 steps below 0.85 ln(1+J)
+  (1.0 is chance, and a collapsed VR head sits at exactly 1.0), and the spread of
+  f(v, h) over the 30 val videos per val query (std over videos, mean over
+  queries, from `predictions.json`) above 0.1 (a collapsed head: 0.001-0.004);
+* val VR R@1 at least 3x chance and R@10 at least 20 points above it, VCMR R@10
+  at IoU 0.5 at least 5x chance, TL mIoU at least 10 points above chance (chance
+  levels: the corpus's `chance.json`), and typed queries through search find
+  the planted moments.
 
-Measured on this machine (2-core CPU, seed 0): loss 51.4 -> 26.5, VR loss 1.08,
-in-batch accuracy 0.55, VR
-R@1 15.3 (chance 3.3), R@10 65.3 (33.3), VCMR 0.5-R@10 20.0 (1.75), TL mIoU
-33.9 (13.1). The constant rate (the paper's drops moved to 90/95%) is what lets
-700 steps learn: the random co-attention layers sit at chance for the first
-~200 steps.
+Measured on this machine (2-core CPU, seed 0): see the closing numbers in
+docs/training_dynamics.md ("The learning test").
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -36,13 +35,10 @@ from test_train import read_scalars
 # One worker runs every test of this file (pytest.ini: --dist loadgroup), so the run happens once.
 pytestmark = pytest.mark.xdist_group("learned_workdir")
 
-STEPS = 700
+STEPS = 450
+NEGATIVES = 2  # configs/demo.py
 LEARNING_FLAGS = [
-    "--config=configs/demo.py:tiny",
-    "--config.data.synthetic.num_train_videos=300", "--config.data.synthetic.num_val_videos=30",
-    f"--config.optim.num_steps={STEPS}", "--config.optim.batch_size=16", "--config.data.num_negatives=3",
-    "--config.optim.decay_boundaries=(0.9,0.95)",
-    "--config.eval.final_eval=True", "--config.eval.every_steps=0", "--config.log_every_steps=50",
+    "--config=configs/demo.py", f"--config.optim.num_steps={STEPS}", "--config.log_every_steps=25",
     f"--config.checkpoint_every_steps={STEPS}",
 ]
 
@@ -52,7 +48,7 @@ def learned_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("learned"))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   result = subprocess.run([sys.executable, "-m", "hammer_jax.main", f"--workdir={workdir}", *LEARNING_FLAGS],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1500)
   assert result.returncode == 0, result.stderr[-4000:]
   return workdir, result.stdout
 
@@ -65,23 +61,33 @@ def _results(workdir):
   return metrics, chance
 
 
-def test_training_loss_and_in_batch_retrieval_learn(learned_workdir):
+def test_video_retrieval_loss_leaves_chance(learned_workdir):
   workdir, _ = learned_workdir
-  loss = read_scalars(workdir, "loss")
-  accuracy = read_scalars(workdir, "vr_accuracy")
   vr_loss = read_scalars(workdir, "vr")
-  first, last = loss[min(loss)], loss[max(loss)]
-  assert last < 0.6 * first, f"loss {first:.2f} -> {last:.2f}"
-  # VR cross-entropy over 1 + 3 videos: ln 4 = 1.386 at chance.
-  assert vr_loss[max(vr_loss)] < np.log(4) - 0.2, vr_loss
-  final_accuracy = np.mean([accuracy[s] for s in sorted(accuracy)[-2:]])  # Steps 651-700.
-  assert final_accuracy > 0.40, f"in-batch VR accuracy {final_accuracy:.3f} (chance 0.25)"
+  chance = math.log(1 + NEGATIVES)
+  last = [v for s, v in vr_loss.items() if s > STEPS - 100]
+  assert len(last) >= 4 and np.mean(last) < 0.85 * chance, (np.mean(last) / chance, vr_loss)
+  loss = read_scalars(workdir, "loss")
+  assert loss[max(loss)] < 0.6 * loss[min(loss)], loss
+
+
+def test_video_retrieval_scores_rank_videos_not_tie_them(learned_workdir):
+  """Per val query, f(v, h) over the 30 val videos: spread well above a collapsed head's ~0.003."""
+  workdir, _ = learned_workdir
+  with open(os.path.join(workdir, "eval", f"val_step{STEPS}", "predictions.json")) as f:
+    vr = json.load(f)["VR"]
+  spreads = [np.std([p[3] for p in entry["predictions"]]) for entry in vr]
+  assert len(vr) == 150 and min(len(e["predictions"]) for e in vr) == 30
+  assert np.mean(spreads) > 0.1, np.mean(spreads)
+  # The batch diagnostic the training log shows agrees: the spread over each query's candidates grew.
+  batch_spread = read_scalars(workdir, "vr_spread")
+  assert batch_spread[max(batch_spread)] > 0.1, batch_spread
 
 
 def test_video_retrieval_beats_chance(learned_workdir):
   metrics, chance = _results(learned_workdir[0])
-  assert metrics["VR"]["r1"] >= 2.5 * chance["VR"]["R@1"], (metrics["VR"], chance["VR"])
-  assert metrics["VR"]["r10"] >= chance["VR"]["R@10"] + 15.0, (metrics["VR"], chance["VR"])
+  assert metrics["VR"]["r1"] >= 3 * chance["VR"]["R@1"], (metrics["VR"], chance["VR"])
+  assert metrics["VR"]["r10"] >= chance["VR"]["R@10"] + 20.0, (metrics["VR"], chance["VR"])
 
 
 def test_moment_retrieval_and_localisation_beat_chance(learned_workdir):

@@ -135,3 +135,61 @@ def test_each_objective_can_be_switched_off(switch, gone):
   removed = {"use_vr": 1.0 * full["vr"], "use_tl": 5.0 * full["tl"],
              "use_frame_mlm": 0.1 * full["frame_mlm"], "use_clip_mlm": 0.1 * full["clip_mlm"]}[switch]
   np.testing.assert_allclose(total, full["total"] - removed, rtol=1e-5)
+
+
+def _unit(x):
+  x = np.asarray(x, np.float64)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_dual_encoder_loss_hand_computed():
+  """In-batch InfoNCE: a video's score is its best real clip; same-video rows and padding leave the softmax."""
+  rng = np.random.default_rng(3)
+  b, k, e = 4, 3, 5
+  q = _unit(rng.normal(size=(b, e)))
+  clips = _unit(rng.normal(size=(b, k, e)))
+  clip_mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]])
+  video_index = np.array([7, 8, 7, 9])   # Rows 0 and 2 are queries of the same video.
+  weights = np.array([1, 1, 1, 0])       # Row 3 is padding: neither a query nor a candidate.
+  scale = 10.0
+  sim = np.full((b, b), -np.inf)
+  for i in range(b):
+    for j in range(b):
+      sim[i, j] = scale * max(q[i] @ clips[j, c] for c in range(k) if clip_mask[j, c])
+  want = []
+  for i in range(3):
+    cands = [j for j in range(b) if j == i or (weights[j] and video_index[j] != video_index[i])]
+    want.append(-(sim[i, i] - np.log(np.sum(np.exp(sim[i, cands])))))
+  got = losses.dual_encoder_loss(jnp.asarray(q, jnp.float32), jnp.asarray(clips, jnp.float32), clip_mask,
+                                 video_index, jnp.asarray(weights, jnp.float32), scale)
+  np.testing.assert_allclose(got, np.mean(want), rtol=1e-5)
+  # Perfectly aligned pairs (each query its video's clip, orthogonal otherwise) at a large scale: loss -> 0.
+  eye = np.eye(b, e)
+  aligned = losses.dual_encoder_loss(eye, np.repeat(eye[:, None], k, 1), np.ones((b, k)), np.arange(b),
+                                     np.ones(b, np.float32), 100.0)
+  assert float(aligned) < 1e-6
+
+
+def test_dual_encoder_off_is_the_papers_loss_and_model():
+  """The switch off (paper configs): no dual-encoder parameters, no term, total = Eq. 14."""
+  import jax
+  from configs import tvr
+  from hammer_jax import hammer
+  from model_fixtures import SUBTITLE_DIM, VIDEO_DIM, random_batch, tiny_config
+  outputs, batch = _outputs_and_batch()
+  assert tvr.get_config().loss.use_dual_encoder is False
+  paper = _loss_config(use_dual_encoder=False, dual_encoder_weight=1.0)
+  total, terms = losses.hammer_loss(dict(outputs, query_embedding=np.ones((2, 3), np.float32)), batch, paper)
+  assert "dual_encoder" not in terms
+  np.testing.assert_allclose(total, losses.hammer_loss(outputs, batch, _loss_config())[0], rtol=1e-6)
+  c = tiny_config()
+  for on in (False, True):
+    c.loss.use_dual_encoder = on
+    model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
+    batch2 = random_batch(c, 2)
+    params = jax.eval_shape(lambda: hammer.init_random_params(model, jax.random.key(0), batch2))
+    assert ("dual_encoder" in params["params"]) == on
+    out = jax.eval_shape(lambda p: model.apply(p, batch2), params)
+    assert ("query_embedding" in out) == on
+    if on:
+      assert out["clip_embeddings"].shape == (2, c.data.max_frames // c.data.clip_len, c.model.dual_encoder_dim)

@@ -232,3 +232,46 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthet
   with pytest.raises(train.NonFiniteLossError, match="at step 5;.*Last good checkpoint: step 4"):
     train.train_and_evaluate(c, str(tmp_path))
   assert checkpoint_steps(tmp_path)[-1] == 4
+
+
+def test_vr_score_spread_is_the_std_over_each_querys_real_candidates():
+  scores = np.array([[1.0, 3.0, 5.0], [2.0, 2.0, 9.0], [4.0, 0.0, 0.0]], np.float32)
+  batch = {"neg_mask": np.array([[1, 1], [1, 0], [1, 1]], np.float32), "example_mask": np.array([1, 1, 0])}
+  want = np.mean([np.std([1.0, 3.0, 5.0]), np.std([2.0, 2.0])])  # Row 2 is padding; row 1's 9 is masked.
+  np.testing.assert_allclose(train.vr_score_spread(jnp.asarray(scores), batch), want, rtol=1e-6)
+
+
+def test_objective_grad_norms_equal_each_weighted_objectives_own_gradient():
+  """grad/<objective>/<group> is the norm of d(weight * objective)/d(params of that group)."""
+  from jax.sharding import Mesh
+  from hammer_jax import losses
+  from model_fixtures import SUBTITLE_DIM, VIDEO_DIM, fast_jit, quick_params, random_batch
+  from model_fixtures import tiny_config as model_tiny_config
+  c = model_tiny_config()
+  c.loss.use_dual_encoder = True
+  model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
+  batch = random_batch(c, 4)
+  params = quick_params(model, batch)["params"]
+  mesh = Mesh(np.array(jax.devices()[:1]), (ts.DATA_AXIS,))
+  shardings = ts.TrainState(step=None, params=jax.tree_util.tree_map(lambda _: ts.replicated(mesh), params),
+                            opt_state=None)
+  rng = jax.random.key(0)
+  got = jax.device_get(train.make_objective_grad_norms(model, c, shardings, mesh)(params, batch, rng))
+  assert set(got) == {f"grad/{o}/{g}" for o in ("vr", "tl", "mlm", "dual_encoder") for g in train.SHARED_GROUPS}
+
+  @fast_jit
+  def direct(p):
+    def objective(p, name, weight):
+      out = model.apply({"params": p}, batch, deterministic=False, rngs={"dropout": rng})
+      return c.loss[weight] * losses.hammer_loss(out, batch, c.loss)[1][name]
+    return {name: jax.grad(objective)(p, name, weight) for name, weight in train.OBJECTIVE_WEIGHTS.items()}
+
+  for name, grads in direct(params).items():
+    for group in train.SHARED_GROUPS:
+      leaves = [g for path, g in jax.tree_util.tree_leaves_with_path(grads)
+                if hammer.parameter_group([k.key for k in path]) == group]
+      want = np.sqrt(sum(float(np.sum(np.square(g))) for g in leaves))
+      np.testing.assert_allclose(got[f"grad/{name}/{group}"], want, rtol=2e-3, atol=1e-6)
+  # The dual-encoder head reads no cross-modal layer: it sends nothing there; TL shapes every group.
+  assert got["grad/dual_encoder/cross_modal"] == 0.0 and got["grad/dual_encoder/video"] > 0
+  assert min(got[f"grad/tl/{g}"] for g in train.SHARED_GROUPS) > 0
