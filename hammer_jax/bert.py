@@ -174,7 +174,6 @@ class BertAttention(nn.Module):
     keep = jnp.asarray(context_mask).astype(bool)[:, None, None, :]
     logits = jnp.where(keep, logits, logits + _MASK_BIAS)
     probs = jax.nn.softmax(logits, axis=-1)
-    self.sow("intermediates", "attention_probs", probs)  # No-op unless "intermediates" is mutable.
     probs = nn.Dropout(cfg.attention_dropout_rate)(probs, deterministic=deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
     out = out.reshape(out.shape[:2] + (cfg.hidden_size,))
