@@ -2,7 +2,7 @@
 
 HAMMER is a cross-encoder: every (query, video) pair of a corpus needs its own
 pass through the cross-modal layers (section 3.5), so evaluation cost grows as
-queries x videos. The `Evaluator` computes each query's query-only part and each
+queries x videos. The `PairScorer` computes each query's query-only part and each
 video's video-only part once and runs only the pair part per pair ("cached");
 "plain" runs the whole forward (text branches, video branches, pair part) for
 every pair. Both are timed here on TVR shapes (96 frames, 30 tokens, clip 16,
@@ -29,8 +29,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.model_benchmark import make_config, random_batch  # noqa: E402
-from hammer_jax import flops, hammer  # noqa: E402
-from hammer_jax.evaluator import Corpus, Evaluator  # noqa: E402
+from hammer_jax.model import flops, hammer  # noqa: E402
+from hammer_jax.retrieval.corpus import Corpus  # noqa: E402
+from hammer_jax.retrieval.scorer import PairScorer  # noqa: E402
 
 TVR_QUERIES, TVR_VIDEOS = 10_895, 2_179
 
@@ -64,26 +65,17 @@ def main(argv=None):
   model = hammer.create_model(config, 3072, 768)
   batch = random_batch(config, 8, 3072, 768)
   params = hammer.init_params(model, config, jax.random.key(0), batch)
-  ev = Evaluator.__new__(Evaluator)  # no prepared data needed: drive the jitted pieces directly
-  ev.model, ev.config, ev.progress, ev.decoding = model, config, False, config.model.decoding
-  from hammer_jax.evaluator import local_mesh
-  from jax.sharding import NamedSharding, PartitionSpec
-  ev.mesh = local_mesh()
-  ev.n_dev, ev.batch = ev.mesh.devices.size, 8
-  ev._sharded = NamedSharding(ev.mesh, PartitionSpec("data"))
-  ev._rep = NamedSharding(ev.mesh, PartitionSpec())
-  ev._vr_block = jax.jit(ev._vr_block_fn)
+  scorer = PairScorer(model, batch_size=8, decoding=config.model.decoding)  # no data needed: arrays in, scores out
 
   q_parts = jax.jit(functools.partial(model.apply, method=hammer.Hammer.encode_query))(
       params, batch["query_ids"], batch["query_mask"])
   v_parts = jax.jit(functools.partial(model.apply, method=hammer.Hammer.encode_video))(
       params, batch["video"], batch["subtitle"], batch["frame_mask"])
   q_np = jax.tree_util.tree_map(np.asarray, q_parts)
-  corpus = Corpus(jax.tree_util.tree_map(np.asarray, v_parts), np.arange(8), np.full(8, 144.0), np.full(8, 1.5),
-                  batch["frame_mask"])
+  corpus = Corpus(jax.tree_util.tree_map(np.asarray, v_parts), np.arange(8), np.full(8, 144.0), np.full(8, 1.5))
 
   # Cached: pair part only, a block of 8 queries x 8 videos.
-  t_cached = _timed(lambda: ev.vr_scores(params, q_np, corpus, video_block=8))
+  t_cached = _timed(lambda: scorer.vr_scores(params, q_np, corpus, batch_size=64, video_block=8))
   cached_rate = 64 / t_cached
 
   # Plain: the whole forward for each pair (8 pairs per call).
@@ -97,8 +89,7 @@ def main(argv=None):
   plain_rate = 8 / t_plain
 
   # Localisation of a pair (full pair part with both heads and decoding).
-  ev._localise = jax.jit(ev._localise_fn, static_argnames=("k",))
-  t_loc = _timed(lambda: ev._localise(params, q_parts, v_parts, k=1))
+  t_loc = _timed(lambda: scorer.localise(params, q_np, corpus, np.arange(8), np.arange(8), k=1))
   loc_rate = 8 / t_loc
 
   # Growth with corpus size and query count: time of vr_scores for growing V and Q.
@@ -106,8 +97,9 @@ def main(argv=None):
   for nq, nv in ((8, 8), (8, 16), (16, 16)):
     qq = jax.tree_util.tree_map(lambda x: np.concatenate([x] * (nq // 8)), q_np)
     cc = Corpus(jax.tree_util.tree_map(lambda x: np.concatenate([x] * (nv // 8)), corpus.parts), np.arange(nv),
-                np.full(nv, 144.0), np.full(nv, 1.5), np.concatenate([batch["frame_mask"]] * (nv // 8)))
-    growth.append((nq, nv, _timed(lambda: ev.vr_scores(params, qq, cc, video_block=8), repeat=1)))
+                np.full(nv, 144.0), np.full(nv, 1.5))
+    growth.append((nq, nv, _timed(lambda: scorer.vr_scores(params, qq, cc, batch_size=64, video_block=8),
+                                  repeat=1)))
 
   config.data.num_negatives = 1  # so that forward_flops counts one retrieval-only pair
   parts = flops.forward_flops(hammer.model_config(config, 3072, 768), num_frames=96, query_len=30,

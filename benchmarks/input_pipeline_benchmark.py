@@ -73,7 +73,7 @@ def dir_bytes(path: str) -> int:
 
 def write_raw_corpus(raw: str, args: dict) -> None:
   """Random TVR-release-layout files: features are noise, queries real English words."""
-  from hammer_jax import pretrained
+  from hammer_jax.model import pretrained
   rng = np.random.default_rng(args["seed"])
   # Whole words of the tokenizer's vocabulary: realistic WordPiece lengths (~1 token/word).
   vocab = os.path.join(pretrained.resolve_checkpoint_dir(need_weights=False), "vocab.txt")
@@ -130,7 +130,7 @@ def batch_mb(batch: dict) -> float:
 def time_train(data, spec, b: int, steps: int, warmup: int, mesh=None, start_step: int = 0):
   """(s to first batch, wall s and process CPU s for `steps` batches, MB of those batches)."""
   import jax
-  from hammer_jax.input_pipeline import TrainBatches, make_global_batch
+  from hammer_jax.data.input_pipeline import TrainBatches, make_global_batch
   t0 = time.perf_counter()
   it = TrainBatches(data, "train", spec, local_batch_size=b, seed=0, start_step=start_step,
                     process_index=0, process_count=1)
@@ -153,9 +153,9 @@ def main(argv):
   del argv
   import jax
   import tensorflow as tf  # Imported before any timer: TF start-up is not pipeline cost.
-  from hammer_jax.input_pipeline import (PipelineSpec, eval_video_batches, make_global_batch,
+  from hammer_jax.data.input_pipeline import (PipelineSpec, eval_video_batches, make_global_batch,
                                          mask_tokens, sample_negatives, TrainBatches)
-  from hammer_jax.prepared_data import open_prepared
+  from hammer_jax.data.prepared_data import open_prepared
   del tf
   logging.set_verbosity(logging.ERROR)  # TFDS logs INFO/deprecation lines per builder and video.
   f = FLAGS

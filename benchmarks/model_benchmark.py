@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from configs.base import get_base_config  # noqa: E402
-from hammer_jax import flops, hammer, losses  # noqa: E402
+from hammer_jax.model import flops, hammer, losses  # noqa: E402
 
 
 def parse_args(argv=None):

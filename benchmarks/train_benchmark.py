@@ -50,8 +50,10 @@ def worker(args) -> dict:
   """Runs in a process with a fixed device count; returns its measurements."""
   import jax
   from benchmarks.model_benchmark import make_config, matmul_peak, random_batch
-  from hammer_jax import flops, hammer, input_pipeline, optimizer, train
-  from hammer_jax import train_state as ts
+  from hammer_jax.model import flops, hammer
+  from hammer_jax.data import input_pipeline
+  from hammer_jax.train import optimizer, loop as train
+  from hammer_jax.train import state as ts
   cfg_args = argparse.Namespace(max_frames=args.max_frames, query_len=args.query_len, clip_len=args.clip_len,
                                 num_negatives=None, flat=False, dtype=args.dtype, checkpoint=args.checkpoint,
                                 subtitle_dim=args.subtitle_dim)

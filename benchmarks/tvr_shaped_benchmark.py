@@ -66,36 +66,41 @@ def benchmark_config(args, prepared_dir: str):
 def main(argv=None):
   args = parse_args(argv)
   import numpy as np
-  from hammer_jax import demo_data, evaluation, logs, prepared_data, restore, train
-  from hammer_jax.evaluator import Evaluator
   from benchmarks.vr_dynamics import read_scalars
+  from data_prep import demo_corpus
+  from hammer_jax import logs, workdir
+  from hammer_jax.retrieval import evaluator
+  from hammer_jax.retrieval.scorer import PairScorer
+  from hammer_jax.train import loop
   logs.quiet_library_logs()
   synthetic = dict(seed=args.seed, num_train_videos=args.train_videos, num_val_videos=args.val_videos,
                    num_test_videos=10, queries_per_video=5, visual_dim=args.visual_dim,
                    subtitle_dim=args.subtitle_dim, durations="tvr")
   t0 = time.time()
-  data = demo_data.ensure_synthetic_prepared(os.path.join(args.out_dir, "data"), synthetic=synthetic,
+  data = demo_corpus.ensure_synthetic_prepared(os.path.join(args.out_dir, "data"), synthetic=synthetic,
                                              text_checkpoint="minilm", videos_per_shard=128, verbose=False)
   prep_s = time.time() - t0
   config = benchmark_config(args, data.path)
-  workdir = os.path.join(args.out_dir, "run")
+  run_dir = os.path.join(args.out_dir, "run")
   t0 = time.time()
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, run_dir)
   train_s = time.time() - t0
-  scalars = read_scalars(workdir)
+  scalars = read_scalars(run_dir)
   j = config.data.num_negatives
   last100 = [v for s, v in scalars["vr"].items() if s > args.steps - 100]
-  config, data, model, params, step = restore.restore(workdir)
+  config, data, model, params, step = workdir.restore(run_dir)
   t0 = time.time()
-  results = evaluation.evaluate_split(Evaluator(model, config, data, "val"), params,
-                                      top_k=config.eval.top_k_videos, out_dir=os.path.join(workdir, "eval"))
+  scorer = PairScorer(model, batch_size=config.eval.batch_size, progress=True)
+  ev = evaluator.Evaluator(scorer, config, data, "val", top_k=config.eval.top_k_videos)
+  list(ev.run(params, out_dir=workdir.eval_dir(run_dir, "val", step)))
+  results = ev.last_results
   eval_s = time.time() - t0
   with open(os.path.join(args.out_dir, "data", "raw", "chance.json"), encoding="utf-8") as f:
     chance = json.load(f)["val"]
   out = {
       "args": vars(args), "prepare_seconds": round(prep_s, 1), "train_seconds": round(train_s, 1),
       "steps_per_sec": round(args.steps / train_s, 3), "eval_seconds": round(eval_s, 1),
-      "val_videos": args.val_videos, "val_queries": len(prepared_data.read_queries(data, "val")),
+      "val_videos": args.val_videos, "val_queries": len(ev.queries),
       "vr_loss_last100": float(np.mean(last100)), "ln_1_plus_j": math.log(1 + j),
       "vr_loss_over_chance": float(np.mean(last100)) / math.log(1 + j),
       "VR": {k: results["VR"][f"r{k}"] for k in (1, 5, 10, 100)}, "VR_median_rank": results["VR"]["median_rank"],

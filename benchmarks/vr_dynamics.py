@@ -80,11 +80,11 @@ def make_config(overrides: dict, steps: int, seed: int, prepared_dir: str):
   return c
 
 
-def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
+def read_scalars(run_dir: str) -> dict[str, dict[int, float]]:
   """{tag: {step: value}} of every scalar a run wrote to TensorBoard."""
   import tensorflow as tf
   out: dict[str, dict[int, float]] = {}
-  for path in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
+  for path in glob.glob(os.path.join(run_dir, "tensorboard", "events.out.tfevents.*")):
     for raw in tf.data.TFRecordDataset(path):
       event = tf.compat.v1.Event.FromString(raw.numpy())
       for v in event.summary.value:
@@ -117,7 +117,8 @@ def layer_spreads(model, params, data, config) -> dict[str, float]:
   """Spread across PROBE_VIDEOS val videos of each SITES output, mean over PROBE_QUERIES queries."""
   import jax
   import numpy as np
-  from hammer_jax import hammer, input_pipeline, prepared_data
+  from hammer_jax.model import hammer
+  from hammer_jax.data import input_pipeline, prepared_data
   spec = input_pipeline.PipelineSpec.from_config(config.data)
   vb = next(input_pipeline.eval_video_batches(data, config.data.eval_split, spec, PROBE_VIDEOS,
                                               process_index=0, process_count=1))
@@ -145,18 +146,19 @@ def layer_spreads(model, params, data, config) -> dict[str, float]:
 
 
 def val_retrieval(model, params, data, config) -> dict[str, float]:
-  """VR over the whole val split: R@1, R@10, median rank (ties count against), per-query score spread."""
+  """VR over the whole val split: R@1, R@10, median rank (the pipeline's tie rule), per-query score spread."""
   import numpy as np
-  from hammer_jax.evaluator import Evaluator
-  ev = Evaluator(model, config, data, config.data.eval_split, progress=False)
-  queries = ev.queries
-  rows = np.arange(len(queries))
+  from hammer_jax.data import input_pipeline
+  from hammer_jax.retrieval import inference
+  from hammer_jax.retrieval.evaluator import Evaluator
+  from hammer_jax.retrieval.scorer import PairScorer
+  scorer = PairScorer(model, batch_size=config.eval.batch_size)
+  ev = Evaluator(scorer, config, data, config.data.eval_split, top_k=1)
   corpus = ev.encode_corpus(params)
-  scores = ev.vr_scores(params, ev.encode_queries(params, queries, rows), corpus)
-  position = {int(v): i for i, v in enumerate(corpus.video_index)}
-  gt = np.array([position[int(v)] for v in queries.video_index])
-  gt_score = scores[rows, gt]
-  rank = (scores >= gt_score[:, None]).sum(1)  # ties rank the ground truth last among them
+  q_parts = scorer.encode_queries(params, input_pipeline.eval_query_batches(
+      ev.queries.token_ids, config.data.max_query_len, scorer.batch_size, process_index=0, process_count=1))
+  scores = scorer.vr_scores(params, q_parts, corpus)
+  rank = inference.rank_of(scores, corpus.positions_of(ev.queries.video_index))
   return {"val_vr_r1": 100 * float(np.mean(rank <= 1)), "val_vr_r10": 100 * float(np.mean(rank <= 10)),
           "val_vr_median_rank": float(np.median(rank)), "val_score_spread": float(scores.std(1).mean()),
           "chance_r1": 100 / scores.shape[1], "chance_r10": 100 * min(10, scores.shape[1]) / scores.shape[1]}
@@ -165,14 +167,16 @@ def val_retrieval(model, params, data, config) -> dict[str, float]:
 def run_variant(name: str, overrides: dict, args, prepared_dir: str) -> dict:
   import jax
   import numpy as np
-  from hammer_jax import hammer, restore, train
+  from hammer_jax import workdir
+  from hammer_jax.model import hammer
+  from hammer_jax.train import loop
   config = make_config(overrides, args.steps, args.seed, prepared_dir)
-  workdir = os.path.join(args.out_dir, "runs", name)
+  run_dir = os.path.join(args.out_dir, "runs", name)
   t0 = time.time()
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, run_dir)
   train_s = time.time() - t0
-  config, data, model, params, _ = restore.restore(workdir)
-  scalars = read_scalars(workdir)
+  config, data, model, params, _ = workdir.restore(run_dir)
+  scalars = read_scalars(run_dir)
   j = config.data.num_negatives
   vr = scalars.get("vr", {})
   last100 = [v for s, v in vr.items() if s > args.steps - 100]
@@ -228,12 +232,13 @@ def write_report(results: list[dict], out_dir: str) -> None:
 
 def main(argv=None):
   args = parse_args(argv)
-  from hammer_jax import demo_data, logs
+  from data_prep import demo_corpus
+  from hammer_jax import logs
   logs.quiet_library_logs()
   os.makedirs(args.out_dir, exist_ok=True)
   from configs import demo
   c = demo.get_config()
-  data = demo_data.ensure_synthetic_prepared(os.path.join(args.out_dir, "data"), synthetic=dict(c.data.synthetic),
+  data = demo_corpus.ensure_synthetic_prepared(os.path.join(args.out_dir, "data"), synthetic=dict(c.data.synthetic),
                                              text_checkpoint=c.model.text_checkpoint, verbose=False)
   path = os.path.join(args.out_dir, "results.json")
   done = {r["name"]: r for r in json.load(open(path))} if os.path.exists(path) else {}

@@ -19,7 +19,7 @@ from typing import Any
 from data_prep import annotations, features, records
 from data_prep.prepared_writer import PreparedWriter, format_summary
 from data_prep.records import DataError, Query, RepairLog, VideoEntry
-from hammer_jax import pretrained
+from hammer_jax.model import pretrained
 
 SPLIT_FILES = {"train": "train.json", "val_1": "val_1.json", "val_2": "val_2.json"}
 

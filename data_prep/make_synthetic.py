@@ -74,6 +74,7 @@ from typing import Any, Callable
 import numpy as np
 
 from data_prep import tvr_durations
+from hammer_jax.data import alignment
 
 FRAME_SECONDS = 1.5
 SPLITS = ("train", "val", "test_public")  # `test_public`: the real video2dur_idx key.
@@ -129,13 +130,6 @@ REUSE_P = 0.05        # Fraction of moments copying another video's exact combin
 SUBTITLE_P = 0.5      # Fraction of rows with a subtitle outside "t"/"vt" moments.
 IOUS = (0.5, 0.7)
 KS = (1, 5, 10, 100)
-
-
-def seconds_to_frames(st: float, ed: float, n_clips: int) -> tuple[int, int]:
-  """The paper-notes rule: [st, ed] seconds -> (start row, end row), clamped."""
-  s = min(max(int(math.floor(st / FRAME_SECONDS)), 0), n_clips - 1)
-  e = min(max(int(math.ceil(ed / FRAME_SECONDS)) - 1, 0), n_clips - 1)
-  return s, max(s, e)
 
 
 def concepts_of(desc: str) -> list[str]:
@@ -243,7 +237,7 @@ def _make_split(split: str, split_id: int, n_videos: int, a: dict[str, Any],
       phrasing = TEMPLATES[t][1][rng.integers(len(TEMPLATES[t][1]))]
       desc = phrasing.format(**dict(zip(TEMPLATES[t][0], words)))
       st, ed = _seconds(rng, s, e, duration)
-      assert seconds_to_frames(st, ed, n) == (s, e), (name, s, e, st, ed)
+      assert tuple(int(x) for x in alignment.seconds_to_frames(st, ed, FRAME_SECONDS, n)) == (s, e), (name, s, e)
       queries.append({"vid_name": name, "duration": duration, "ts": [st, ed],
                       "desc": desc[0].upper() + desc[1:], "type": qtype, "concepts": list(words)})
     # Distractors: a proper subset of another moment's concepts, elsewhere.

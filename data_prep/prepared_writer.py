@@ -26,7 +26,7 @@ import numpy as np
 
 from data_prep import records
 from data_prep.records import Query, RepairLog, VideoEntry
-from hammer_jax import pretrained
+from hammer_jax.model import pretrained
 
 # (video [rows, dim], subtitle [rows, sdim] | None, subtitle_mask [rows] | None, frame_seconds)
 LoadedVideo = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]

@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from hammer_jax.data import prepared_data
+
+DATASET_VERSION = prepared_data.DATASET_VERSION  # The format is defined where it is read.
+
 PREPARED_FORMAT_VERSION = 2  # 2: features stored as raw bytes (Encoding.BYTES)
-DATASET_VERSION = "1.0.0"
 
 
 class DataError(ValueError):

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from data_prep import annotations, features, records
 from data_prep.prepared_writer import PreparedWriter, format_summary
 from data_prep.records import DataError, Query, RepairLog, VideoEntry
-from hammer_jax import pretrained
+from hammer_jax.model import pretrained
 
 SPLIT_FILES = {"train": "tvr_train_release.jsonl", "val": "tvr_val_release.jsonl",
                "test_public": "tvr_test_public_release.jsonl"}

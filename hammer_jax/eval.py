@@ -1,37 +1,33 @@
 r"""Eval binary: corpus retrieval + localisation of a trained workdir on a split.
 
-  python -m hammer_jax.eval --workdir=W [--split=val|test] [--step=N] [--top_k=100]
+  python -m hammer_jax.eval --workdir=W [--split=val|test|SPLIT] [--step=N] [--top_k=100]
 
-Restores the workdir's config and latest (or `--step`) checkpoint, evaluates the
-split of the configured data (`val` = the config's eval split; `test` = TVR's
-test_public) and writes into `W/eval/<split>_step<N>/`:
-  predictions.json       TVR submission layout (VCMR / SVMR / VR, 100 each)
-  metrics.json, .md      VR R@{1,5,10,100} + median rank, SVMR/VCMR R@k at IoU
-                         0.5/0.7, TL mIoU and R@1 at IoU 0.3/0.5/0.7, per type
-  duration_buckets.*     Figures 2 and 3 (VR median rank, TL mIoU by duration)
-  timelines.png          Figure 5 (ground truth vs HAMMER vs frame / clip level)
-and TensorBoard scalars under W/tensorboard. A split without ground truth
-(test_public) yields predictions.json only. On several hosts every process runs
-the same command; each scores its share of the queries.
+Restores the workdir's config and latest (or `--step`) checkpoint and evaluates a
+split of its prepared data: `val` is the config's eval split, `test` TVR's
+test_public, and any other prepared split by name (ActivityNet's `val_2`). It
+writes `W/eval/<split>_step<N>/` (`retrieval/evaluator.py`: predictions.json in
+the TVR submission layout, metrics.json/.md, Figures 2-3 and 5) and TensorBoard
+scalars under W/tensorboard. A split without ground truth (test_public) yields
+predictions.json only. On several hosts every process runs the same command;
+each scores its share of the queries.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).", required=True)
-flags.DEFINE_enum("split", "val", ["val", "test"], "val: the config's eval split; test: test_public.")
+flags.DEFINE_string("split", "val", "val: the config's eval split; test: test_public; or a prepared split's name.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_integer("top_k", None, "Videos kept per query for localisation (default: config.eval.top_k_videos).")
 flags.DEFINE_integer("max_queries", None, "Evaluate only the first N queries (quick checks).")
 
 
 def split_name(config, split: str) -> str:
-  return config.data.eval_split if split == "val" else "test_public"
+  return {"val": config.data.eval_split, "test": "test_public"}.get(split, split)
 
 
 def main(argv):
@@ -39,29 +35,29 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from hammer_jax import logs
   logs.quiet_library_logs()
-  from hammer_jax import evaluation, prepared_data, restore
-  from hammer_jax.evaluator import Evaluator
+  import jax
+  from hammer_jax import workdir as workdirs
+  from hammer_jax.data import prepared_data
+  from hammer_jax.retrieval import evaluator, metrics
+  from hammer_jax.retrieval.scorer import PairScorer
+  from hammer_jax.train import loop
   try:
-    config, data, model, params, step = restore.restore(FLAGS.workdir, FLAGS.step)
+    config, data, model, params, step = workdirs.restore(FLAGS.workdir, FLAGS.step)
     split = split_name(config, FLAGS.split)
     data.split(split)
-  except (restore.RestoreError, prepared_data.PreparedDataError) as e:
+  except (workdirs.RestoreError, prepared_data.PreparedDataError) as e:
     sys.exit(f"error: {e}")
-  out_dir = os.path.join(FLAGS.workdir, "eval", f"{split}_step{step}")
-  evaluator = Evaluator(model, config, data, split)
   top_k = FLAGS.top_k or config.eval.top_k_videos
+  scorer = PairScorer(model, batch_size=config.eval.batch_size, decoding=config.model.decoding, progress=True)
+  ev = evaluator.Evaluator(scorer, config, data, split, top_k=top_k, max_queries=FLAGS.max_queries, analyses=True)
+  out_dir = workdirs.eval_dir(FLAGS.workdir, split, step)
   logging.info("Evaluating %s (step %d) on %s/%s, top %d videos", FLAGS.workdir, step, data.path, split, top_k)
-  results = evaluation.evaluate_split(evaluator, params, top_k=top_k, max_queries=FLAGS.max_queries,
-                                      out_dir=out_dir, with_analyses=True)
-  if results:
-    import jax
-    from clu import metric_writers
-    from hammer_jax import metrics
-    if jax.process_index() == 0:
-      writer = metric_writers.SummaryWriter(os.path.join(FLAGS.workdir, "tensorboard"))
-      writer.write_scalars(step, evaluation.flat_scalars(results, f"eval_{split}"))
-      writer.close()
-    print(metrics.format_table(results))
+  values = dict(ev.run(params, out_dir=out_dir))
+  if values and jax.process_index() == 0:
+    writer = loop.summary_writer(FLAGS.workdir)
+    writer.write_scalars(step, {f"eval_{split}/{k}": v for k, v in values.items() if "_by_type/" not in k})
+    writer.close()
+    print(metrics.format_table(ev.last_results))
   print(f"Wrote {out_dir}")
 
 

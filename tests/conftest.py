@@ -1,4 +1,4 @@
-"""Test setup: 8 fake CPU devices, set before JAX initialises."""
+"""Test setup: 8 fake CPU devices (set before JAX initialises), a compile cache, shared fixtures."""
 import os
 import sys
 import tempfile
@@ -15,21 +15,18 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared")
+from helpers import REPO_ROOT, SMALL_SYNTHETIC, tiny_config  # noqa: E402
+
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
 import pytest  # noqa: E402
 
-SMALL_SYNTHETIC = dict(num_train_videos=40, num_val_videos=12, num_test_videos=12,
-                       visual_dim=16, subtitle_dim=8, min_duration=9.0, max_duration=24.0)
-
 
 @pytest.fixture(scope="session")
 def synthetic_prepared(tmp_path_factory):
   """A small synthetic corpus, converted by the TVR converter (videos_per_shard=8)."""
-  from hammer_jax.demo_data import ensure_synthetic_prepared
+  from data_prep.demo_corpus import ensure_synthetic_prepared
   root = tmp_path_factory.mktemp("synthetic")
   return ensure_synthetic_prepared(str(root), synthetic=SMALL_SYNTHETIC, videos_per_shard=8, verbose=False)
 
@@ -37,10 +34,9 @@ def synthetic_prepared(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_workdir(synthetic_prepared, tmp_path_factory):
   """A tiny model trained for a few steps (eval and search tests: weights only need to be non-trivial)."""
-  from hammer_jax import train
-  from test_train import tiny_config
+  from hammer_jax.train import loop
   workdir = tmp_path_factory.mktemp("trained")
   c = tiny_config(synthetic_prepared.path, **{"optim.num_steps": 6, "checkpoint_every_steps": 6,
                                                "log_every_steps": 6, "eval.every_steps": 0})
-  train.train_and_evaluate(c, str(workdir))
+  loop.train_and_evaluate(c, str(workdir))
   return str(workdir)

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 _WORKER = r"""
 import importlib, json, os, sys

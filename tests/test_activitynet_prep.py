@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-import data_helpers as dh
+import helpers as dh
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAL_1 = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "activitynet", "val_1.json")
@@ -58,7 +58,7 @@ def prepared(raw, tmp_path_factory):
   """val_1 converted twice: from one h5 file (all videos) and from a folder of .npy
   files holding every NPY_EVERY-th video (`missing_videos="drop"`)."""
   from data_prep.activitynet import prepare_activitynet
-  from hammer_jax.prepared_data import open_prepared
+  from hammer_jax.data.prepared_data import open_prepared
   root = tmp_path_factory.mktemp("anet")
   feats = {v: dh.feature_rows(v, _rows(r["duration"]), DIM) for v, r in raw["ann"].items()}
   h5 = dh.write_h5(str(root / "i3d.h5"), feats)
@@ -94,7 +94,7 @@ def videos(prepared):
 
 
 def test_every_query_present_exactly_once(raw, prepared):
-  from hammer_jax.prepared_data import read_queries
+  from hammer_jax.data.prepared_data import read_queries
   sents = raw["sentences"]
   assert (len(raw["videos"]), len(sents)) == (4917, 17505)
   info = prepared["manifest"]["splits"]["val_1"]
@@ -150,7 +150,7 @@ def test_features_are_average_pooled(raw, prepared, videos):
 
 
 def test_npy_folder_gives_the_same_features_and_drops_the_rest(raw, prepared, videos):
-  from hammer_jax.prepared_data import read_queries
+  from hammer_jax.data.prepared_data import read_queries
   kept = prepared["npy_videos"]
   info = prepared["npy_manifest"]["splits"]["val_1"]
   dropped_videos = [v for v in raw["videos"] if v not in set(kept)]
@@ -175,7 +175,7 @@ def test_npy_folder_gives_the_same_features_and_drops_the_rest(raw, prepared, vi
 
 
 def test_training_labels_follow_the_timestamps(raw, prepared):
-  from hammer_jax.input_pipeline import PipelineSpec, TrainBatches
+  from hammer_jax.data.input_pipeline import PipelineSpec, TrainBatches
   spec = PipelineSpec(max_frames=MAX_FRAMES, max_query_len=24, clip_len=4, shuffle_buffer=512)
   batch_size = 1167  # 17,505 = 15 * 1167: one epoch is exactly 15 batches.
   tb = TrainBatches(prepared["data"], "val_1", spec, local_batch_size=batch_size, seed=3,
@@ -256,7 +256,7 @@ def test_anomalies_repaired_and_counted(raw, prepared):
 
 def test_tfds_view_and_eval_batches(raw, prepared):
   import tensorflow_datasets as tfds
-  from hammer_jax.input_pipeline import PipelineSpec, eval_video_batches
+  from hammer_jax.data.input_pipeline import PipelineSpec, eval_video_batches
   vb = tfds.builder_from_directory(os.path.join(prepared["out"], "videos", "1.0.0"))
   qb = tfds.builder_from_directory(os.path.join(prepared["out"], "queries", "1.0.0"))
   assert vb.info.splits["val_1"].num_examples == 4917
@@ -281,7 +281,7 @@ def test_read_queries_keeps_stored_order_with_several_query_shards(raw, tmp_path
   shards (TVR train: 87k queries, 50k per shard) comes back out of order."""
   from data_prep import prepared_writer
   from data_prep.activitynet import prepare_activitynet
-  from hammer_jax.prepared_data import open_prepared, read_queries
+  from hammer_jax.data.prepared_data import open_prepared, read_queries
   monkeypatch.setitem(prepared_writer.PreparedWriter.__init__.__kwdefaults__, "queries_per_shard", 20)
   subset = {v: raw["ann"][v] for v in raw["videos"][:40]}
   ann = dh.write_json(str(tmp_path / "val_1.json"), subset)

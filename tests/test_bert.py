@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from hammer_jax import pretrained
-from hammer_jax.bert import BertConfig, BertEmbeddings, BertEncoder, BertMLMHead, BertModel
-from hammer_jax.bert_checkpoint import load_bert_checkpoint
-from hammer_jax.pretrained import CheckpointError
+from hammer_jax.model import pretrained
+from hammer_jax.model.bert import BertConfig, BertEmbeddings, BertEncoder, BertMLMHead, BertModel
+from hammer_jax.model.bert_checkpoint import load_bert_checkpoint
+from hammer_jax.model.pretrained import CheckpointError
 
 FIXTURE = os.path.join(conftest.SHARED_DIR, "fixtures", "minilm_reference.npz")
 

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-import data_helpers as dh
+import helpers as dh
 from data_prep import activitynet, features, tvr
 from data_prep.records import DataError
 
@@ -264,7 +264,7 @@ def test_activitynet_video_missing_from_the_feature_file(tmp_path):
 # -- --missing_videos=drop --------------------------------------------------------
 
 def test_missing_videos_drop(tmp_path, inp):
-  from hammer_jax.prepared_data import open_prepared, read_queries
+  from hammer_jax.data.prepared_data import open_prepared, read_queries
   gone = inp.names[1]
   del inp.video[gone]
   inp.write()
@@ -347,7 +347,7 @@ def test_interrupted_write_keeps_finished_shards(tmp_path, monkeypatch):
 
 
 def test_rerun_with_other_arguments_rewrites_the_split(tmp_path):
-  from hammer_jax.prepared_data import open_prepared, read_queries
+  from hammer_jax.data.prepared_data import open_prepared, read_queries
   inp = dh.TvrInputs(str(tmp_path / "in"), n_videos=7)
   out = str(tmp_path / "out")
   _prepare(tmp_path, inp, videos_per_shard=2)
@@ -375,7 +375,7 @@ def test_interrupted_rewrite_leaves_no_stale_manifest(tmp_path, monkeypatch):
   """prepared_writer: "`prepared.json` is written last, so its presence means the data is
   complete". A re-run with other arguments deletes the split's shards first; if it is then
   interrupted, the old prepared.json must not survive to describe data that is gone."""
-  from hammer_jax.prepared_data import PreparedDataError, open_prepared
+  from hammer_jax.data.prepared_data import PreparedDataError, open_prepared
   inp = dh.TvrInputs(str(tmp_path / "in"), n_videos=7)
   out = str(tmp_path / "out")
   _prepare(tmp_path, inp, videos_per_shard=2)
@@ -403,7 +403,7 @@ def prepared_small(tmp_path_factory):
 
 
 def _spec():
-  from hammer_jax.input_pipeline import PipelineSpec
+  from hammer_jax.data.input_pipeline import PipelineSpec
   return PipelineSpec(max_frames=16, max_query_len=16, clip_len=2, num_negatives=2, shuffle_buffer=8)
 
 
@@ -423,8 +423,8 @@ def _damaged_copy(prepared_small, tmp_path, damage: str) -> tuple[str, str]:
 
 
 def _read_train(out):
-  from hammer_jax.input_pipeline import TrainBatches
-  from hammer_jax.prepared_data import open_prepared
+  from hammer_jax.data.input_pipeline import TrainBatches
+  from hammer_jax.data.prepared_data import open_prepared
   tb = TrainBatches(open_prepared(out), "val", _spec(), local_batch_size=4, seed=0,
                     process_index=0, process_count=1)
   for _ in range(2 * -(-tb.num_examples // 4)):  # Two epochs.
@@ -432,8 +432,8 @@ def _read_train(out):
 
 
 def _read_eval(out):
-  from hammer_jax.input_pipeline import eval_video_batches
-  from hammer_jax.prepared_data import open_prepared
+  from hammer_jax.data.input_pipeline import eval_video_batches
+  from hammer_jax.data.prepared_data import open_prepared
   for _ in eval_video_batches(open_prepared(out), "val", _spec(), 3, process_index=0, process_count=1):
     pass
 
@@ -441,7 +441,7 @@ def _read_eval(out):
 @pytest.mark.parametrize("reader", [_read_train, _read_eval], ids=["train", "eval"])
 @pytest.mark.parametrize("damage", ["corrupted", "truncated", "cut_at_record_boundary"])
 def test_damaged_shard_names_the_shard(prepared_small, tmp_path, reader, damage):
-  from hammer_jax.input_pipeline import ShardError
+  from hammer_jax.data.input_pipeline import ShardError
   out, shard = _damaged_copy(prepared_small, tmp_path, damage)
   with pytest.raises(ShardError) as e:
     reader(out)
@@ -458,7 +458,7 @@ def test_undamaged_copy_reads_fine(prepared_small, tmp_path):
 # -- opening prepared data ---------------------------------------------------------
 
 def test_open_unprepared_folder_says_what_to_run(tmp_path):
-  from hammer_jax.prepared_data import PreparedDataError, open_prepared
+  from hammer_jax.data.prepared_data import PreparedDataError, open_prepared
   folder = tmp_path / "never_prepared"
   folder.mkdir()
   with pytest.raises(PreparedDataError) as e:
@@ -470,8 +470,8 @@ def test_open_unprepared_folder_says_what_to_run(tmp_path):
 
 
 def test_unknown_split_is_named(prepared_small):
-  from hammer_jax.input_pipeline import TrainBatches, eval_video_batches
-  from hammer_jax.prepared_data import PreparedDataError, open_prepared, read_queries
+  from hammer_jax.data.input_pipeline import TrainBatches, eval_video_batches
+  from hammer_jax.data.prepared_data import PreparedDataError, open_prepared, read_queries
   data = open_prepared(prepared_small)
   for call in (lambda: data.split("train"), lambda: read_queries(data, "train"),
                lambda: TrainBatches(data, "train", _spec(), local_batch_size=2, seed=0, process_index=0,
@@ -483,8 +483,8 @@ def test_unknown_split_is_named(prepared_small):
 
 
 def test_other_vocabulary_is_refused(prepared_small):
-  from hammer_jax import pretrained
-  from hammer_jax.prepared_data import PreparedDataError, open_prepared
+  from hammer_jax.model import pretrained
+  from hammer_jax.data.prepared_data import PreparedDataError, open_prepared
   data = open_prepared(prepared_small)
   ours = pretrained.vocab_fingerprint(pretrained.resolve_checkpoint_dir(need_weights=False))
   assert data.manifest["vocab_sha256"] == ours

@@ -5,8 +5,8 @@ import collections
 import numpy as np
 import pytest
 
-from hammer_jax import input_pipeline as ip
-from hammer_jax import prepared_data
+from hammer_jax.data import input_pipeline as ip
+from hammer_jax.data import prepared_data
 
 SPEC = ip.PipelineSpec(max_frames=32, max_query_len=16, clip_len=4, num_negatives=3, shuffle_buffer=16)
 
@@ -22,9 +22,25 @@ def test_seconds_to_frames_rule():
   # start = floor(st / d), end = ceil(ed / d) - 1, clamped, end >= start.
   cases = [((0.0, 3.0, 1.5, 10), (0, 1)), ((1.5, 1.6, 1.5, 10), (1, 1)), ((1.4, 1.5, 1.5, 10), (0, 0)),
            ((2.0, 100.0, 1.5, 10), (1, 9)), ((14.9, 15.0, 1.5, 10), (9, 9)), ((3.0, 3.0, 1.5, 10), (2, 2))]
+  import tensorflow as tf
+  import tensorflow.experimental.numpy as tnp
+  from hammer_jax.data import alignment
   for (st, ed, d, n), want in cases:
-    s, e = ip.seconds_to_frames(np.float32(st), np.float32(ed), np.float32(d), n)
+    # The one rule, as numpy (preparation, host) and as TF (the input pipeline) evaluate it.
+    s, e = alignment.seconds_to_frames(np.float32(st), np.float32(ed), np.float32(d), n)
     assert (int(s), int(e)) == want, (st, ed, d, n)
+    s, e = alignment.seconds_to_frames(tf.constant(st), tf.constant(ed), tf.constant(d), tf.constant(float(n)), xp=tnp)
+    assert (int(s), int(e)) == want, (st, ed, d, n)
+
+
+def test_query_truncation_keeps_sep_in_numpy_and_tf():
+  import tensorflow as tf
+  import tensorflow.experimental.numpy as tnp
+  from hammer_jax.data import alignment
+  for ids, want in (([101, 5, 6, 7, 102], [101, 5, 6, 102]), ([101, 5, 102], [101, 5, 102]),
+                    ([101, 5, 6, 102], [101, 5, 6, 102])):
+    assert alignment.truncate_query(np.array(ids), 4).tolist() == want
+    assert alignment.truncate_query(tf.constant(ids), 4, xp=tnp).numpy().tolist() == want
 
 
 def test_labels_follow_timestamps(synthetic_prepared):
@@ -151,7 +167,7 @@ def test_eval_batches_cover_everything_once(synthetic_prepared):
   table = prepared_data.read_queries(data, "val")
   assert len(table) == data.split("val")["num_queries"]
   seen = []
-  for b in ip.eval_query_batches(table, SPEC, 7, process_index=0, process_count=1):
+  for b in ip.eval_query_batches(table.token_ids, SPEC.max_query_len, 7, process_index=0, process_count=1):
     assert b["query_ids"].shape == (7, 16)
     seen += b["query_index"][b["example_mask"] > 0].tolist()
     assert np.all(b["query_mask"][b["example_mask"] == 0] == 0)
@@ -167,7 +183,7 @@ def test_eval_batches_equal_count_across_processes(synthetic_prepared):
   table = prepared_data.read_queries(data, "val")
   counts, union = [], []
   for p in range(3):
-    bs = list(ip.eval_query_batches(table, SPEC, 4, process_index=p, process_count=3))
+    bs = list(ip.eval_query_batches(table.token_ids, SPEC.max_query_len, 4, process_index=p, process_count=3))
     counts.append(len(bs))
     union += [i for b in bs for i in b["query_index"][b["example_mask"] > 0].tolist()]
   assert len(set(counts)) == 1
@@ -175,7 +191,7 @@ def test_eval_batches_equal_count_across_processes(synthetic_prepared):
 
 
 def test_vocabulary_mismatch_is_refused(synthetic_prepared):
-  from hammer_jax import pretrained
+  from hammer_jax.model import pretrained
   synthetic_prepared.check_vocabulary(pretrained.vocab_fingerprint("minilm"))
   with pytest.raises(prepared_data.PreparedDataError, match="vocabulary"):
     synthetic_prepared.check_vocabulary("0" * 64, "other-bert")

@@ -29,8 +29,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
-from test_train import read_scalars
+from helpers import REPO_ROOT
+from helpers import read_scalars
 
 # One worker runs every test of this file (pytest.ini: --dist loadgroup), so the run happens once.
 pytestmark = pytest.mark.xdist_group("learned_workdir")
@@ -104,7 +104,9 @@ def test_the_run_prints_the_summary_table(learned_workdir):
 
 def test_search_finds_the_planted_moments(learned_workdir):
   """Typed val queries (the planted moments' descriptions): the planted video and moment come back on top."""
-  from hammer_jax import metrics, prepared_data, search
+  from hammer_jax.retrieval import metrics
+  from hammer_jax.data import prepared_data
+  from hammer_jax import search
   workdir, _ = learned_workdir
   searcher = search.MomentSearcher(workdir)
   queries = prepared_data.read_queries(searcher.data, searcher.split)

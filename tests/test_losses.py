@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hammer_jax import losses
+from hammer_jax.model import losses
 
 
 def _log_softmax(x, axis=-1):
@@ -174,15 +174,15 @@ def test_dual_encoder_off_is_the_papers_loss_and_model():
   """The switch off (paper configs): no dual-encoder parameters, no term, total = Eq. 14."""
   import jax
   from configs import tvr
-  from hammer_jax import hammer
-  from model_fixtures import SUBTITLE_DIM, VIDEO_DIM, random_batch, tiny_config
+  from hammer_jax.model import hammer
+  from helpers import SUBTITLE_DIM, VIDEO_DIM, random_batch, tiny_model_config
   outputs, batch = _outputs_and_batch()
   assert tvr.get_config().loss.use_dual_encoder is False
   paper = _loss_config(use_dual_encoder=False, dual_encoder_weight=1.0)
   total, terms = losses.hammer_loss(dict(outputs, query_embedding=np.ones((2, 3), np.float32)), batch, paper)
   assert "dual_encoder" not in terms
   np.testing.assert_allclose(total, losses.hammer_loss(outputs, batch, _loss_config())[0], rtol=1e-6)
-  c = tiny_config()
+  c = tiny_model_config()
   for on in (False, True):
     c.loss.use_dual_encoder = on
     model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from data_prep import make_synthetic as ms
+from hammer_jax.data import alignment
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TVR_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "tvr")
@@ -102,7 +103,8 @@ def test_h5_shapes_and_subtitle_masks(corpus):
     if q["vid_name"] not in sub:
       assert q["type"] == "v"  # No subtitle-borne query on a video without subtitles.
     elif "t" in q["type"]:
-      s, e = ms.seconds_to_frames(*q["ts"], len(corpus["video"][q["vid_name"]]))
+      s, e = (int(x) for x in alignment.seconds_to_frames(*q["ts"], ms.FRAME_SECONDS,
+                                                          len(corpus["video"][q["vid_name"]])))
       assert sub[q["vid_name"] + "-mask"][s:e + 1].all()
 
 
@@ -140,7 +142,7 @@ def test_signal_is_planted_and_oracle_is_good_not_perfect(corpus):
     idx = _concept_index(q)
     assert len(idx) in (2, 3), q["desc"]
     n = len(video[q["vid_name"]])
-    s, e = ms.seconds_to_frames(*q["ts"], n)
+    s, e = (int(x) for x in alignment.seconds_to_frames(*q["ts"], ms.FRAME_SECONDS, n))
     inside = np.zeros(n, bool)
     inside[s:e + 1] = True
     for kind, feats, dirs in (("v", video, vis_dir), ("t", sub, sub_dir)):
@@ -163,7 +165,7 @@ def test_signal_is_planted_and_oracle_is_good_not_perfect(corpus):
 
 
 def test_query_words_are_single_wordpiece_tokens(corpus):
-  from hammer_jax.pretrained import load_tokenizer
+  from hammer_jax.model.pretrained import load_tokenizer
   tok = load_tokenizer("minilm")
   ids = {}
   for w in ms.CONCEPTS:

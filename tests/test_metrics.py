@@ -7,8 +7,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from hammer_jax import metrics as M
-from hammer_jax import predictions as P
+from hammer_jax.retrieval import metrics as M
+from hammer_jax.retrieval import predictions as P
 
 VIDEOS = {f"vid{i}": i for i in range(20)}
 

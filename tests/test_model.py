@@ -12,9 +12,9 @@ import numpy as np
 import optax
 import pytest
 
-from hammer_jax import flops, hammer, losses
-from hammer_jax.hammer import Hammer
-from model_fixtures import SUBTITLE_DIM, VIDEO_DIM, fast_jit, quick_params, random_batch, tiny_config
+from hammer_jax.model import flops, hammer, losses
+from hammer_jax.model.hammer import Hammer
+from helpers import SUBTITLE_DIM, VIDEO_DIM, fast_jit, quick_params, random_batch, tiny_model_config
 
 # The shared configs: F padded up to 24 and L up to 12, so the same content can
 # also be fed with less padding (F=16, L=8) for the padding test.
@@ -24,7 +24,7 @@ LENGTHS = dict(num_frames=np.array([16, 5, 9, 13]), query_lens=np.array([8, 4, 6
 @functools.lru_cache(maxsize=None)
 def _setup(flat: bool):
   """(config, model, params, jitted forward, big batch, small batch) for HAMMER/FLAT with ASR."""
-  c = tiny_config(flat=flat, max_frames=24, max_query_len=12)
+  c = tiny_model_config(flat=flat, max_frames=24, max_query_len=12)
   big = random_batch(c, 4, pad_frames_to=24, pad_query_to=12, **LENGTHS)
   small = random_batch(c, 4, pad_frames_to=16, pad_query_to=8, **LENGTHS)
   model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
@@ -36,7 +36,7 @@ def _setup(flat: bool):
 @pytest.mark.parametrize("flat", [False, True], ids=["hammer", "flat"])
 @pytest.mark.parametrize("subtitles", [True, False], ids=["asr", "visual"])
 def test_output_shapes(flat, subtitles):
-  c = tiny_config(flat=flat, subtitles=subtitles)
+  c = tiny_model_config(flat=flat, subtitles=subtitles)
   b = random_batch(c, batch_size=3)
   model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
   params = jax.eval_shape(lambda r: hammer.init_random_params(model, r, b), jax.random.PRNGKey(0))
@@ -135,7 +135,7 @@ def test_split_forward_matches_call():
     dict(cross_modal=False, clip_len=8),
 ], ids=["shared_nopos_abs_clip5", "no_xmodal_clip8"])
 def test_ablation_variants(overrides):
-  c = tiny_config(**overrides)
+  c = tiny_model_config(**overrides)
   b = random_batch(c, 3, seed=2)
   model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
   params = quick_params(model, b, std=0.2)  # Large weights: the query's effect is far above rounding.
@@ -164,7 +164,7 @@ def test_ablation_variants(overrides):
 
 def test_bfloat16_runs_and_is_close_to_float32():
   c, _, params, forward, b, _ = _setup(False)
-  c16 = tiny_config(max_frames=24, max_query_len=12, dtype="bfloat16")
+  c16 = tiny_model_config(max_frames=24, max_query_len=12, dtype="bfloat16")
   model16 = hammer.create_model(c16, VIDEO_DIM, SUBTITLE_DIM)
   out = jax.device_get(forward(params, b))
   out16 = jax.device_get(fast_jit(lambda p, b: model16.apply(p, b))(params, b))  # Same float32 params.
@@ -185,7 +185,7 @@ def test_flops_match_xla_cost_analysis(overrides):
   # FFN unit, which flops.py (matmul-only, the MFU convention) leaves out. With ReLU
   # the remaining element-wise work (LayerNorm, softmax, adds) is ~3% here, hence
   # the stated tolerance: XLA within [1.0, 1.1) x ours.
-  c = tiny_config(hidden=64, **overrides)
+  c = tiny_model_config(hidden=64, **overrides)
   c.model.bert.intermediate_size = 256
   c.model.bert.hidden_act = "relu"
   b = random_batch(c, 4)
@@ -200,9 +200,9 @@ def test_flops_match_xla_cost_analysis(overrides):
 
 
 def test_minilm_text_branches_equal_bert_first_layers():
-  from hammer_jax.bert import BertModel
-  from hammer_jax.bert_checkpoint import load_bert_checkpoint
-  c = tiny_config(max_frames=8, clip_len=4, max_query_len=12, subtitles=False)
+  from hammer_jax.model.bert import BertModel
+  from hammer_jax.model.bert_checkpoint import load_bert_checkpoint
+  c = tiny_model_config(max_frames=8, clip_len=4, max_query_len=12, subtitles=False)
   c.model.text_checkpoint = "minilm"
   c.model.text_layers = 5
   tokens = np.array([[101, 1037, 2158, 7365, 2006, 1996, 3345, 102, 0, 0, 0, 0],
@@ -229,7 +229,7 @@ def test_minilm_text_branches_equal_bert_first_layers():
 @functools.lru_cache(maxsize=None)
 def _train_setup():
   """HAMMER with ASR, every objective on, no dropout; a jitted Adam step."""
-  c = tiny_config(dropout_rate=0.0)
+  c = tiny_model_config(dropout_rate=0.0)
   b = random_batch(c, 4, seed=5)
   model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
   # std 0.1 ~ 1/sqrt(d) for d = 32: with BERT's 0.02 (tuned for d = 768) the tiny

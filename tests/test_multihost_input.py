@@ -11,8 +11,8 @@ def read_parts(out_path, prepared_dir):
   """Worker: one epoch of training examples, all eval queries and videos of this process."""
   import jax
   from jax.sharding import Mesh
-  from hammer_jax import input_pipeline as ip
-  from hammer_jax import prepared_data
+  from hammer_jax.data import input_pipeline as ip
+  from hammer_jax.data import prepared_data
   data = prepared_data.open_prepared(prepared_dir)
   spec = ip.PipelineSpec(max_frames=32, max_query_len=16, clip_len=4, shuffle_buffer=8)
   mesh = Mesh(np.array(jax.devices()), ("data",))
@@ -25,9 +25,9 @@ def read_parts(out_path, prepared_dir):
     train_ids += b["desc_id"].tolist()
   glob = ip.make_global_batch(b, mesh)
   table = prepared_data.read_queries(data, "val")
-  queries = [i for q in ip.eval_query_batches(table, spec, 3)
+  queries = [i for q in ip.eval_query_batches(table.token_ids, spec.max_query_len, 3)
              for i in q["query_index"][q["example_mask"] > 0].tolist()]
-  n_query_batches = len(list(ip.eval_query_batches(table, spec, 3)))
+  n_query_batches = len(list(ip.eval_query_batches(table.token_ids, spec.max_query_len, 3)))
   videos = [i for v in ip.eval_video_batches(data, "val", spec, 3)
             for i in v["video_index"][v["example_mask"] > 0].tolist()]
   with open(out_path, "w") as f:
@@ -51,7 +51,7 @@ def test_two_processes_read_disjoint_parts(synthetic_prepared, tmp_path):
   for key in ("train", "queries", "videos"):
     assert not set(a[key]) & set(b[key]), key
   assert len(set(a["train"])) == len(a["train"]) and len(set(b["train"])) == len(b["train"])
-  from hammer_jax import prepared_data
+  from hammer_jax.data import prepared_data
   all_train = set(prepared_data.read_queries(synthetic_prepared, "train").desc_id.tolist())
   assert set(a["train"]) | set(b["train"]) <= all_train
   # Epoch-sized reads miss at most the remainder of the last partial batch.

@@ -1,6 +1,5 @@
 """Training: schedule, configs, loss falls, kill -9 / SIGTERM resume, NaN guard."""
 
-import glob
 import os
 import signal
 import subprocess
@@ -12,57 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, SMALL_SYNTHETIC
-from configs import activitynet, base, demo, tvr
-from hammer_jax import checkpointing, hammer, input_pipeline, optimizer, train
-from hammer_jax import train_state as ts
-
-
-def tiny_config(tmp_data=None, **overrides):
-  c = demo.get_config("tiny")
-  c.data.synthetic = dict(SMALL_SYNTHETIC)
-  if tmp_data:
-    c.data.prepared_dir = tmp_data
-  for key, value in overrides.items():
-    node = c
-    *path, leaf = key.split(".")
-    for p in path:
-      node = node[p]
-    node[leaf] = value
-  return c
-
-
-def read_scalars(workdir, tag):
-  """{step: value} of one scalar from the run's TensorBoard files."""
-  import tensorflow as tf
-  out = {}
-  for path in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
-    for raw in tf.data.TFRecordDataset(path):
-      event = tf.compat.v1.Event.FromString(raw.numpy())
-      for v in event.summary.value:
-        if v.tag == tag:
-          out[event.step] = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
-  return out
-
-
-def checkpoint_steps(workdir):
-  """Finished checkpoint steps (Orbax's unfinished `<step>.orbax-checkpoint-tmp` folders excluded)."""
-  return sorted(int(os.path.basename(p)) for p in glob.glob(os.path.join(str(workdir), "checkpoints", "*"))
-                if os.path.basename(p).isdigit())
-
-
-def restored_params(workdir, step):
-  """The params of `workdir`'s checkpoint at `step`, as numpy."""
-  config = ts.load_config(workdir)
-  data = train.open_data(config, workdir)
-  model = hammer.create_model(config, data.video_dim, data.subtitle_dim)
-  mesh = ts.create_mesh()
-  _, abstract, _ = ts.abstract_train_state(model, config, optimizer.make_optimizer(config.optim),
-                                           data.video_dim, data.subtitle_dim, mesh)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
-  state = ckpt.restore(abstract, step)
-  ckpt.close()
-  return jax.device_get(state.params)
+from configs import activitynet, base, tvr
+from helpers import REPO_ROOT, checkpoint_steps, read_scalars, restored_params, tiny_config
+from hammer_jax import workdir as workdirs
+from hammer_jax.data import input_pipeline
+from hammer_jax.model import hammer
+from hammer_jax.train import diagnostics, loop, optimizer
+from hammer_jax.train import state as ts
 
 
 def test_schedule_matches_the_paper():
@@ -159,15 +114,15 @@ def test_tiny_training_loss_falls_on_eight_devices(synthetic_prepared, tmp_path)
                                                "log_every_steps": 10, "eval.every_steps": 60,
                                                "eval.max_queries_during_training": 0,
                                                "checkpoint_every_steps": 60})
-  final = train.train_and_evaluate(c, str(tmp_path))
-  assert len(jax.devices()) == 8 and final["step"] == 60
+  state = loop.train_and_evaluate(c, str(tmp_path))
+  assert len(jax.devices()) == 8 and int(state.step) == 60
   loss = read_scalars(str(tmp_path), "loss")
   assert sorted(loss) == [1, 10, 20, 30, 40, 50, 60]
   # Windows of 10 steps: the last two average at least 10% below the first two.
   assert (loss[50] + loss[60]) / 2 < 0.9 * (loss[1] + loss[10]) / 2, loss
-  assert np.isfinite(final["val_loss"])
+  assert np.isfinite(read_scalars(str(tmp_path), "val_loss")[60])
   assert os.path.exists(os.path.join(tmp_path, "config.json"))
-  assert ts.load_config(str(tmp_path)).optim.num_steps == 60
+  assert workdirs.load_config(str(tmp_path)).optim.num_steps == 60
 
 
 def _main_cmd(workdir, prepared, *flags):
@@ -189,10 +144,10 @@ def test_kill_9_and_resume_reaches_the_same_parameters(synthetic_prepared, tmp_p
   steps = checkpoint_steps(killed)
   assert steps and steps[-1] < 40, f"the run was not interrupted ({steps})"
   # Restart after kill -9: resumes from the last finished checkpoint and completes.
-  c = ts.load_config(str(killed))
-  train.train_and_evaluate(c, str(killed))
+  c = workdirs.load_config(str(killed))
+  loop.train_and_evaluate(c, str(killed))
   straight = tmp_path / "straight"
-  train.train_and_evaluate(ts.load_config(str(killed)), str(straight))
+  loop.train_and_evaluate(workdirs.load_config(str(killed)), str(straight))
   a, b = restored_params(str(killed), 40), restored_params(str(straight), 40)
   diffs = jax.tree_util.tree_map(lambda x, y: float(np.max(np.abs(x - y))), a, b)
   assert max(jax.tree_util.tree_leaves(diffs)) <= 1e-6
@@ -229,8 +184,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthet
   monkeypatch.setattr(input_pipeline.TrainBatches, "__next__", poisoned)
   c = tiny_config(synthetic_prepared.path, **{"optim.num_steps": 10, "checkpoint_every_steps": 2,
                                                "log_every_steps": 1, "eval.every_steps": 0})
-  with pytest.raises(train.NonFiniteLossError, match="at step 5;.*Last good checkpoint: step 4"):
-    train.train_and_evaluate(c, str(tmp_path))
+  with pytest.raises(loop.NonFiniteLossError, match="at step 5;.*Last good checkpoint: step 4"):
+    loop.train_and_evaluate(c, str(tmp_path))
   assert checkpoint_steps(tmp_path)[-1] == 4
 
 
@@ -238,15 +193,15 @@ def test_vr_score_spread_is_the_std_over_each_querys_real_candidates():
   scores = np.array([[1.0, 3.0, 5.0], [2.0, 2.0, 9.0], [4.0, 0.0, 0.0]], np.float32)
   batch = {"neg_mask": np.array([[1, 1], [1, 0], [1, 1]], np.float32), "example_mask": np.array([1, 1, 0])}
   want = np.mean([np.std([1.0, 3.0, 5.0]), np.std([2.0, 2.0])])  # Row 2 is padding; row 1's 9 is masked.
-  np.testing.assert_allclose(train.vr_score_spread(jnp.asarray(scores), batch), want, rtol=1e-6)
+  np.testing.assert_allclose(diagnostics.vr_score_spread(jnp.asarray(scores), batch), want, rtol=1e-6)
 
 
 def test_objective_grad_norms_equal_each_weighted_objectives_own_gradient():
   """grad/<objective>/<group> is the norm of d(weight * objective)/d(params of that group)."""
   from jax.sharding import Mesh
-  from hammer_jax import losses
-  from model_fixtures import SUBTITLE_DIM, VIDEO_DIM, fast_jit, quick_params, random_batch
-  from model_fixtures import tiny_config as model_tiny_config
+  from hammer_jax.model import losses
+  from helpers import SUBTITLE_DIM, VIDEO_DIM, fast_jit, quick_params, random_batch
+  from helpers import tiny_model_config as model_tiny_config
   c = model_tiny_config()
   c.loss.use_dual_encoder = True
   model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
@@ -256,22 +211,22 @@ def test_objective_grad_norms_equal_each_weighted_objectives_own_gradient():
   shardings = ts.TrainState(step=None, params=jax.tree_util.tree_map(lambda _: ts.replicated(mesh), params),
                             opt_state=None)
   rng = jax.random.key(0)
-  got = jax.device_get(train.make_objective_grad_norms(model, c, shardings, mesh)(params, batch, rng))
-  assert set(got) == {f"grad/{o}/{g}" for o in ("vr", "tl", "mlm", "dual_encoder") for g in train.SHARED_GROUPS}
+  got = jax.device_get(diagnostics.make_objective_grad_norms(model, c, shardings, mesh)(params, batch, rng))
+  assert set(got) == {f"grad/{o}/{g}" for o in ("vr", "tl", "mlm", "dual_encoder") for g in diagnostics.SHARED_GROUPS}
 
   @fast_jit
   def direct(p):
     def objective(p, name, weight):
       out = model.apply({"params": p}, batch, deterministic=False, rngs={"dropout": rng})
       return c.loss[weight] * losses.hammer_loss(out, batch, c.loss)[1][name]
-    return {name: jax.grad(objective)(p, name, weight) for name, weight in train.OBJECTIVE_WEIGHTS.items()}
+    return {name: jax.grad(objective)(p, name, weight) for name, weight in diagnostics.OBJECTIVE_WEIGHTS.items()}
 
   for name, grads in direct(params).items():
-    for group in train.SHARED_GROUPS:
+    for group in diagnostics.SHARED_GROUPS:
       leaves = [g for path, g in jax.tree_util.tree_leaves_with_path(grads)
                 if hammer.parameter_group([k.key for k in path]) == group]
       want = np.sqrt(sum(float(np.sum(np.square(g))) for g in leaves))
       np.testing.assert_allclose(got[f"grad/{name}/{group}"], want, rtol=2e-3, atol=1e-6)
   # The dual-encoder head reads no cross-modal layer: it sends nothing there; TL shapes every group.
   assert got["grad/dual_encoder/cross_modal"] == 0.0 and got["grad/dual_encoder/video"] > 0
-  assert min(got[f"grad/tl/{g}"] for g in train.SHARED_GROUPS) > 0
+  assert min(got[f"grad/tl/{g}"] for g in diagnostics.SHARED_GROUPS) > 0

@@ -13,9 +13,11 @@ STEPS = 3
 def _train_on(batch_np, prepared_dir):
   """Runs STEPS train steps of the tiny config on `batch_np` (this process's rows)."""
   from configs import demo
-  from hammer_jax import input_pipeline, optimizer, train
-  from hammer_jax import train_state as ts
-  from hammer_jax import hammer, prepared_data
+  from hammer_jax.data import input_pipeline
+  from hammer_jax.train import optimizer, loop as train
+  from hammer_jax.train import state as ts
+  from hammer_jax.model import hammer
+  from hammer_jax.data import prepared_data
   config = demo.get_config("tiny")
   config.data.prepared_dir = prepared_dir
   data = prepared_data.open_prepared(prepared_dir)
@@ -48,7 +50,7 @@ def worker(out_path, prepared_dir, batch_path):
 
 def test_two_processes_match_one(synthetic_prepared, tmp_path):
   from configs import demo
-  from hammer_jax import input_pipeline as ip
+  from hammer_jax.data import input_pipeline as ip
   config = demo.get_config("tiny")
   spec = ip.PipelineSpec.from_config(config.data)
   batch = next(ip.TrainBatches(synthetic_prepared, "train", spec, local_batch_size=config.optim.batch_size,

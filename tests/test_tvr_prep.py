@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import SHARED_DIR
+from helpers import SHARED_DIR
 from data_prep.tvr import prepare_tvr
-from hammer_jax import input_pipeline as ip
-from hammer_jax import prepared_data
+from hammer_jax.data import input_pipeline as ip
+from hammer_jax.data import prepared_data
 
 TVR = os.path.join(SHARED_DIR, "data", "tvr")
 VAL = os.path.join(TVR, "tvr_val_release.jsonl")

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
-from hammer_jax.bert import BertConfig, BertEncoder, BertLayer
+from hammer_jax.model.bert import BertConfig, BertEncoder, BertLayer
 
 Dtype = Any
 

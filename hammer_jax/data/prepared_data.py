@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+# Version folder of the two TFDS datasets (`videos/<version>`, `queries/<version>`); data_prep writes it.
+DATASET_VERSION = "1.0.0"
 PREPARE_HINT = ("run `python -m data_prep.make_synthetic` + `python -m data_prep.tvr`, "
                 "or `python -m data_prep.activitynet` (see README)")
 
@@ -55,7 +57,6 @@ class PreparedData:
   def builder(self, dataset: str):
     """The TFDS builder of `videos` or `queries`."""
     import tensorflow_datasets as tfds
-    from data_prep.records import DATASET_VERSION
     return tfds.builder_from_directory(os.path.join(self.path, dataset, DATASET_VERSION))
 
   def check_vocabulary(self, vocab_sha256: str | None, checkpoint: str = "") -> None:

@@ -26,7 +26,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from hammer_jax.prepared_data import PreparedData, QueryTable
+from hammer_jax.data import alignment
+from hammer_jax.data.prepared_data import PreparedData
 
 HOST_ONLY_KEYS = ("desc_id",)  # int64 ids stay on the host; devices get the rest.
 
@@ -65,20 +66,6 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
   return process_index, process_count
 
 
-def seconds_to_frames(st, ed, frame_seconds, n_frames):
-  """Ground truth seconds -> (start, end) frames, paper-notes' rule (numpy or tf).
-
-  start = floor(st / delta), end = ceil(ed / delta) - 1, both clamped to
-  [0, n_frames - 1], and end >= start.
-  """
-  import tensorflow as tf
-  start = tf.cast(tf.math.floor(st / frame_seconds), tf.int32)
-  end = tf.cast(tf.math.ceil(ed / frame_seconds), tf.int32) - 1
-  start = tf.clip_by_value(start, 0, n_frames - 1)
-  end = tf.clip_by_value(end, 0, n_frames - 1)
-  return start, tf.maximum(end, start)
-
-
 def _pad_rows(x, rows: int):
   """`[n, ...]` -> `[rows, ...]`: truncated or zero-padded along the first axis."""
   import tensorflow as tf
@@ -88,12 +75,10 @@ def _pad_rows(x, rows: int):
 
 
 def _query_tokens(token_ids, max_len: int):
-  """`[n]` -> padded `[max_len]` ids and mask; over-long queries keep their last [SEP]."""
+  """`[n]` -> padded `[max_len]` ids and mask (alignment.truncate_query)."""
   import tensorflow as tf
-  n = tf.shape(token_ids)[0]
-  ids = tf.cond(n > max_len,
-                lambda: tf.concat([token_ids[:max_len - 1], token_ids[-1:]], 0),
-                lambda: token_ids)
+  import tensorflow.experimental.numpy as tnp
+  ids = alignment.truncate_query(token_ids, max_len, xp=tnp)
   mask = tf.ones_like(ids)
   return _pad_rows(ids, max_len), _pad_rows(mask, max_len)
 
@@ -116,7 +101,9 @@ def _video_fields(rec: dict[str, Any], spec: PipelineSpec, with_subtitles: bool)
 def _labels(st, ed, frame_seconds, n, spec: PipelineSpec) -> dict[str, Any]:
   """Frame- and clip-level TL labels of one example."""
   import tensorflow as tf
-  start, end = seconds_to_frames(st, ed, frame_seconds, n)
+  import tensorflow.experimental.numpy as tnp
+  start, end = (tf.cast(x, tf.int32) for x in alignment.seconds_to_frames(
+      st, ed, frame_seconds, tf.cast(n, frame_seconds.dtype), xp=tnp))
   frames = tf.range(spec.max_frames)
   is_b = tf.cast(frames == start, tf.float32)
   is_e = tf.cast(frames == end, tf.float32)
@@ -352,23 +339,26 @@ def eval_video_batches(data: PreparedData, split: str, spec: PipelineSpec, batch
     yield {k: np.stack([r[k] for r in rows]) for k in empty}
 
 
-def eval_query_batches(queries: QueryTable, spec: PipelineSpec, batch_size: int, *,
+def eval_query_batches(token_ids: list[np.ndarray], max_query_len: int, batch_size: int, *,
                        process_index: int | None = None,
                        process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Every query of this process's share exactly once, last batch padded."""
+  """Every query of this process's share of `token_ids` exactly once, last batch padded.
+
+  The mask marks each query's own tokens (not "id != 0": the pad id is the
+  tokenizer's business); padding rows have `example_mask` 0.
+  """
   pi, pc = _process(process_index, process_count)
-  start, end, num_batches = _eval_batches(len(queries), batch_size, pi, pc)
-  length = spec.max_query_len
+  start, end, num_batches = _eval_batches(len(token_ids), batch_size, pi, pc)
   for b in range(num_batches):
     rows = np.arange(start + b * batch_size, start + (b + 1) * batch_size)
-    ids = np.zeros((batch_size, length), np.int32)
+    ids = np.zeros((batch_size, max_query_len), np.int32)
+    mask = np.zeros((batch_size, max_query_len), np.int32)
     for j, r in enumerate(rows[rows < end]):
-      t = queries.token_ids[r]
-      t = t if len(t) <= length else np.concatenate([t[:length - 1], t[-1:]])
-      ids[j, :len(t)] = t
+      t = alignment.truncate_query(np.asarray(token_ids[r], np.int32), max_query_len)
+      ids[j, :len(t)], mask[j, :len(t)] = t, 1
     real = rows < end
-    yield {"query_ids": ids, "query_mask": (ids != 0).astype(np.int32) * real[:, None],
-           "query_index": np.where(real, rows, -1).astype(np.int32), "example_mask": real.astype(np.int32)}
+    yield {"query_ids": ids, "query_mask": mask, "query_index": np.where(real, rows, -1).astype(np.int32),
+           "example_mask": real.astype(np.int32)}
 
 
 def local_batch_offset(mesh, global_batch: int, axis: str = "data") -> int:

@@ -22,11 +22,11 @@ from __future__ import annotations
 import itertools
 import json
 import numbers
-import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from hammer_jax import files
 
 TASKS = ("VCMR", "SVMR", "VR")
 MAX_PREDICTIONS = 100
@@ -188,23 +188,11 @@ def validate_submission(obj: Any) -> None:
 
 
 def write_submission(path: str, obj: dict, *, validated: bool = False) -> None:
-  """Validates (unless the caller just did), then writes JSON atomically (temp file + os.replace)."""
+  """Validates (unless the caller just did), then writes compact JSON atomically (files.atomic_write)."""
   if not validated:
     validate_submission(obj)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      # allow_nan=False: NaN is not JSON (validation already refuses it).
-      json.dump(obj, f, allow_nan=False, separators=(",", ":"))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  # allow_nan=False: NaN is not JSON (validation already refuses it).
+  files.atomic_write(path, json.dumps(obj, allow_nan=False, separators=(",", ":")))
 
 
 def load_submission(path: str, validate: bool = True) -> dict:

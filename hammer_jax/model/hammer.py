@@ -40,10 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hammer_jax import pretrained
-from hammer_jax.bert import BertConfig, BertEmbeddings, BertMLMHead
-from hammer_jax.dual_encoder import DualEncoderHead
-from hammer_jax.encoders import SUBTITLE, VISUAL, HierarchicalEncoder, VideoInput
+from hammer_jax.model import pretrained
+from hammer_jax.model.bert import BertConfig, BertEmbeddings, BertMLMHead
+from hammer_jax.model.dual_encoder import DualEncoderHead
+from hammer_jax.model.encoders import SUBTITLE, VISUAL, HierarchicalEncoder, VideoInput
 
 NEG_INF = -1e9  # "log 0" for padded frames/clips; finite so that adding two stays finite.
 
@@ -94,6 +94,20 @@ class ModelConfig:
   @property
   def max_clips(self) -> int:
     return 1 if self.flat else math.ceil(self.max_frames / self.clip_len)
+
+
+def gather_pairs(query_parts, video_parts, query_rows, video_rows):
+  """(query, video) pairs for `score_pairs`: pair i is query `query_rows[i]` with video `video_rows[i]`.
+
+  The one way queries meet videos: training's negatives (each query with its J
+  negatives), corpus blocks (every query of a block with every video of a block)
+  and search (one query with many videos) all pair through it.
+  query_parts / video_parts: `encode_query` / `encode_video` outputs; rows: int [N].
+  Returns (query parts, video parts), each with leading dim N.
+  """
+  take = lambda rows: (lambda x: jnp.take(x, rows, axis=0))
+  return (jax.tree_util.tree_map(take(query_rows), query_parts),
+          jax.tree_util.tree_map(take(video_rows), video_parts))
 
 
 def clip_mask_of(frame_mask, num_clips: int, clip_len: int):
@@ -370,8 +384,7 @@ class Hammer(nn.Module):
     if cfg.with_negatives and "neg_index" in batch and batch["neg_index"].shape[1] > 0:
       neg_index = batch["neg_index"]
       b, j = neg_index.shape
-      neg_queries = jax.tree_util.tree_map(lambda x: jnp.repeat(x, j, axis=0), queries)
-      neg_videos = jax.tree_util.tree_map(lambda x: x[neg_index.reshape(-1)], videos)
+      neg_queries, neg_videos = gather_pairs(queries, videos, jnp.repeat(jnp.arange(b), j), neg_index.reshape(-1))
       negative = self.score_pairs(neg_queries, neg_videos, deterministic, retrieval_only=True)
       vr_scores = jnp.concatenate([vr_scores, negative["vr_score"].reshape(b, j)], axis=1)
     out["vr_scores"] = vr_scores
@@ -527,7 +540,7 @@ def load_pretrained_text(params: Mapping[str, Any], config) -> dict:
     return params
   if "params" in params:  # Unwrap before reading the checkpoint, so it is read once.
     return {**params, "params": load_pretrained_text(params["params"], config)}
-  from hammer_jax.bert_checkpoint import load_bert_checkpoint  # Deferred: reads safetensors.
+  from hammer_jax.model.bert_checkpoint import load_bert_checkpoint  # Deferred: reads safetensors.
   _, ckpt = load_bert_checkpoint(checkpoint, num_layers=config.model.text_layers)
   p = dict(params)
   p["embeddings"] = _replace_subtree(p["embeddings"], ckpt["embeddings"], "embeddings")

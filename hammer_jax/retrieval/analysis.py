@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from hammer_jax import metrics, prepared_data
+from hammer_jax import files
+from hammer_jax.data import prepared_data
+from hammer_jax.retrieval import metrics
 
 
 def duration_buckets(result, queries: prepared_data.QueryTable, num_buckets: int = 5) -> list[dict[str, Any]]:
@@ -59,7 +61,7 @@ def plot_buckets(buckets: list[dict[str, Any]], path: str) -> None:
   for ax in axes:
     ax.tick_params(axis="x", labelrotation=30)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  files.atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
   plt.close(fig)
 
 
@@ -86,14 +88,14 @@ def plot_timelines(result, queries: prepared_data.QueryTable, path: str, num: in
     ax.set_title(f"{queries.vid_name[row]}: {desc[:90]}", fontsize=9)
   axes[-1, 0].set_xlabel("seconds")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  files.atomic_write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
   plt.close(fig)
 
 
 def write_analyses(out_dir: str, result, queries: prepared_data.QueryTable, data, split: str) -> None:
   """duration_buckets.md/.png and timelines.png into `out_dir`."""
   buckets = duration_buckets(result, queries)
-  with open(os.path.join(out_dir, "duration_buckets.md"), "w", encoding="utf-8") as f:
-    f.write(f"Split {split} of {data.path}\n\n" + buckets_table(buckets) + "\n")
+  files.atomic_write(os.path.join(out_dir, "duration_buckets.md"),
+                     f"Split {split} of {data.path}\n\n" + buckets_table(buckets) + "\n")
   plot_buckets(buckets, os.path.join(out_dir, "duration_buckets.png"))
   plot_timelines(result, queries, os.path.join(out_dir, "timelines.png"))

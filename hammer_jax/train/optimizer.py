@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import optax
 
-from hammer_jax.hammer import is_pretrained_path
+from hammer_jax.model.hammer import is_pretrained_path
 
 
 def parameter_groups(params: Any) -> Any:

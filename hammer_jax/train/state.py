@@ -5,13 +5,11 @@ host: batches are sharded along `data`, parameters and optimizer state are
 replicated. The state is never materialised unsharded: `jax.eval_shape` gives its
 structure, a jitted init with `out_shardings` creates it in place, and restores
 go onto the same abstract, sharded target (so a checkpoint also restores onto
-another topology). Shared by training, the eval binary and search.
+another topology). Shared by training and `workdir.restore`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import flax
@@ -21,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hammer_jax import hammer
+from hammer_jax.model import hammer
 
 DATA_AXIS = "data"
 
@@ -85,25 +83,3 @@ def init_train_state(model, config, tx, video_dim: int, subtitle_dim: int, mesh:
   params = hammer.load_pretrained_text(state.params, config)
   # Adam's moments start at zero whatever the params are, so they need no reload.
   return state.replace(params=params)
-
-
-def save_config(config, workdir: str) -> str:
-  """Writes the resolved config to `<workdir>/config.json` (atomically; process 0)."""
-  path = os.path.join(workdir, "config.json")
-  if jax.process_index() == 0:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=1, sort_keys=True))
-    os.replace(tmp, path)
-  return path
-
-
-def load_config(workdir: str):
-  """The config a workdir was trained with (`config.json`)."""
-  import ml_collections
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir}: no config.json (not a training workdir; run hammer_jax.main first)")
-  with open(path, encoding="utf-8") as f:
-    raw = json.load(f)
-  return ml_collections.ConfigDict(raw)

@@ -18,9 +18,9 @@ import os
 import numpy as np
 from safetensors.numpy import load_file
 
-from hammer_jax import pretrained
-from hammer_jax.bert import BertConfig
-from hammer_jax.pretrained import CheckpointError
+from hammer_jax.model import pretrained
+from hammer_jax.model.bert import BertConfig
+from hammer_jax.model.pretrained import CheckpointError
 
 _WEIGHTS_FILE = "model.safetensors"
 

@@ -50,8 +50,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 # The submission layout's tasks and 100-prediction cap are defined once, in predictions.py.
-from hammer_jax.predictions import MAX_PREDICTIONS as MAX_PRED_PER_QUERY
-from hammer_jax.predictions import TASKS as TASK_TYPES
+from hammer_jax.retrieval.predictions import MAX_PREDICTIONS as MAX_PRED_PER_QUERY
+from hammer_jax.retrieval.predictions import TASKS as TASK_TYPES
 
 DESC_TYPES = ("v", "t", "vt")
 RECALL_KS = (1, 5, 10, 100)

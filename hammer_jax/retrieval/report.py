@@ -1,4 +1,4 @@
-"""What the demo prints at the end: recalls beside the synthetic corpus's chance levels, and where things are."""
+"""What a run prints after its final evaluation: recalls beside the corpus's chance levels, and where things are."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 KS = (1, 5, 10, 100)
 
 
-def chance_levels(workdir: str, split: str = "val") -> dict[str, Any] | None:
-  """The synthetic corpus's chance levels (`data/raw/chance.json`), or None for other data."""
-  path = os.path.join(workdir, "data", "raw", "chance.json")
+def chance_levels(data_path: str, split: str = "val") -> dict[str, Any] | None:
+  """A synthetic corpus's chance levels (`chance.json` beside its prepared folder), or None for other data."""
+  path = os.path.join(os.path.dirname(os.path.abspath(data_path)), "raw", "chance.json")
   if not os.path.exists(path):
     return None
   with open(path, encoding="utf-8") as f:
@@ -34,6 +34,13 @@ def summary_table(results: dict[str, Any], chance: dict[str, Any] | None) -> str
                + f"; TL mIoU {results['TL']['mIoU']:.2f}"
                + (f" (chance {chance['TL_mIoU']:.2f})" if chance else ""))
   return "\n".join(lines)
+
+
+def final_summary(workdir: str, data, split: str, step: int, results: dict[str, Any], eval_dir: str) -> str:
+  """The text printed after training's final evaluation (the demo's closing table)."""
+  table = summary_table(results, chance_levels(data.path, split))
+  return (f"\nHAMMER after {step} steps, {split} split of {data.path}:\n\n{table}\n\n"
+          f"{where_things_are(workdir, eval_dir)}")
 
 
 def where_things_are(workdir: str, eval_dir: str) -> str:

@@ -1,10 +1,12 @@
 """The embedded default corpus: synthetic data in the TVR layout, prepared once.
 
 `python -m hammer_jax.main --config=configs/demo.py` needs no downloaded data:
-it generates the synthetic corpus (`data_prep.make_synthetic`) and converts it
-with the same TVR converter real data goes through (`data_prep.tvr`). Both steps
-are skipped when their outputs are already complete, so re-running the demo
-reuses what was built.
+on its first run it generates the synthetic corpus (`data_prep.make_synthetic`)
+and converts it with the same TVR converter real data goes through
+(`data_prep.tvr`). Both steps are skipped when their outputs are already
+complete, so re-running the demo reuses what was built. Only the training binary
+calls this; evaluation and search open the prepared folder and say what is
+missing instead (`hammer_jax.workdir.open_data`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from hammer_jax import prepared_data
+from data_prep import make_synthetic, tvr
+from data_prep.prepared_writer import format_summary
+from hammer_jax.data import prepared_data
 
 
 def ensure_synthetic_prepared(root: str, *, synthetic: dict[str, Any] | None = None,
@@ -25,8 +29,6 @@ def ensure_synthetic_prepared(root: str, *, synthetic: dict[str, Any] | None = N
     synthetic: keyword arguments of `make_synthetic_corpus` (sizes, widths, seed).
     text_checkpoint: BERT folder or alias whose tokenizer tokenises the queries.
   """
-  from data_prep import make_synthetic, tvr
-  from data_prep.prepared_writer import format_summary
   raw = os.path.join(root, "raw")
   prepared = os.path.join(root, "prepared")
   make_synthetic.make_synthetic_corpus(raw, verbose=verbose, **(synthetic or {}))

@@ -1,9 +1,19 @@
-"""From per-frame start/end log-scores to moments (paper 3.5, Eq. 5).
+"""Inference of section 3.5: Eq. 2's corpus scores, start/end decoding, frames <-> seconds, ranks.
 
-Inputs are `Hammer.score_pairs` outputs: `start_log_scores`, `end_log_scores`
-[B, F] (log p(t^s = t), log p(t^e = t); padded frames very negative) and the
-`frame_mask` [B, F]. Everything is jit-friendly (static shapes, no Python
-branching on values).
+The one implementation of each rule that retrieval (evaluation, training's
+periodic evaluation, search) applies to model outputs:
+
+  Eq. 2: a moment's corpus score is p(v|h) * p_start * p_end, with p(v|h) the
+    softmax of f(v, h) over the corpus (`corpus_log_probs`); moments are
+    ranked by its log (`moment_log_score`), which does not underflow.
+  Ranks: videos are ranked by f(v, h) descending with a stable sort, so ties
+    keep corpus order (`rank_videos`, `rank_of`); predictions.make_entry keeps
+    the same rule.
+
+Decoding inputs are `Hammer.score_pairs` outputs: `start_log_scores`,
+`end_log_scores` [B, F] (log p(t^s = t), log p(t^e = t); padded frames very
+negative) and the `frame_mask` [B, F]. The decoders are jit-friendly (static
+shapes, no Python branching on values).
 
   greedy (section 3.5, the default): start = argmax of the start score, then
     end = argmax of the end score over frames at or after the start.
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _MASKED = -1e30  # Below any model score (Hammer.NEG_INF is -1e9, and sums of two).
 
@@ -91,6 +102,52 @@ def top_moments(start_log_scores, end_log_scores, frame_mask, k: int, max_length
   f = pairs.shape[-1]
   scores, idx = jax.lax.top_k(pairs.reshape(pairs.shape[0], f * f), k)
   return (idx // f).astype(jnp.int32), (idx % f).astype(jnp.int32), scores
+
+
+def level_spans(frame_log_probs, clip_log_probs, frame_mask, clip_len: int):
+  """Figure 5's moments from one level alone, by the same greedy rule.
+
+  Args:
+    frame_log_probs: [B, F, 3] B/E/O log-probabilities; clip_log_probs: [B, K, 2]
+      start/end clip log-probabilities or None (FLAT); frame_mask: [B, F].
+  Returns ((start, end) frames of the frame level, (start, end) frames of the clip
+  level: its start clip's first frame to its end clip's last real frame); FLAT's
+  clip level is its frame level.
+  """
+  frame_mask = jnp.asarray(frame_mask)
+  frame = greedy_decode(frame_log_probs[..., 0], frame_log_probs[..., 1], frame_mask)[:2]
+  if clip_log_probs is None:
+    return frame, frame
+  clip_mask = jnp.ones(clip_log_probs.shape[:2], jnp.int32)  # padded clips are already very negative
+  cs, ce, _ = greedy_decode(clip_log_probs[..., 0], clip_log_probs[..., 1], clip_mask)
+  last = jnp.sum(frame_mask > 0, axis=1) - 1
+  return frame, (cs * clip_len, jnp.minimum((ce + 1) * clip_len - 1, last))
+
+
+def corpus_log_probs(scores):
+  """log p(v|h): log softmax of f(v, h) over the corpus, float64 numpy. scores: [Q, V] -> [Q, V]."""
+  scores = np.asarray(scores, np.float64)
+  shifted = scores - scores.max(axis=-1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def moment_log_score(log_p_video, start_end_log_score):
+  """Eq. 2 in log space: log p(v|h) + log p_start + log p_end (any matching shapes)."""
+  return np.asarray(log_p_video, np.float64) + np.asarray(start_end_log_score, np.float64)
+
+
+def rank_videos(scores):
+  """[Q, V] -> [Q, V] corpus positions, best first; ties keep corpus order (stable)."""
+  return np.argsort(-np.asarray(scores), axis=-1, kind="stable")
+
+
+def rank_of(scores, positions):
+  """1-based rank of corpus position `positions[q]` in `rank_videos(scores)[q]`: [Q]."""
+  scores = np.asarray(scores)
+  q = np.arange(scores.shape[0])
+  target = scores[q, positions][:, None]
+  before = (scores > target) | ((scores == target) & (np.arange(scores.shape[1])[None] < positions[:, None]))
+  return 1 + before.sum(axis=1)
 
 
 def frames_to_seconds(start, end, frame_seconds, duration):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-from hammer_jax.hammer import ModelConfig, model_config
+from hammer_jax.model.hammer import ModelConfig, model_config
 
 
 def _layer(d: int, ff: int, tokens: int, context: int) -> int:

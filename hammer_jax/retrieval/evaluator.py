@@ -1,0 +1,140 @@
+"""The corpus evaluator, big_vision style: `Evaluator(...).run(params)` yields `(name, value)`.
+
+One evaluation of a split: encode its corpus, `retrieve.retrieve` every query,
+build the TVR submission, score it, and (with `out_dir`) write
+
+  predictions.json   TVR submission layout (VCMR / SVMR / VR, up to 100 each)
+  metrics.json, .md  VR / SVMR / VCMR recalls, VR median rank, TL, per query type
+  duration_buckets.*, timelines.png   Figures 2-3 and 5 (with `analyses`)
+
+The metrics are computed from the submission's content (`metrics.py` follows
+the TVR standalone evaluation), so handing `predictions.json` to the official
+evaluation gives the same numbers. Training (periodically, on the first
+`max_queries` queries, and at the end), the eval binary and the demo use it;
+search shares the scorer and `retrieve` underneath it.
+
+Yielded names are `<task>/<metric>` ("VR/r1", "VCMR/0.5-r10", "TL/mIoU",
+"VR_by_type/v-r1", ...) with float values; `nested` turns them back into the
+metrics dict. A split without ground truth (TVR test_public) writes
+predictions.json and yields nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+
+from hammer_jax import files
+from hammer_jax.data import input_pipeline, prepared_data
+from hammer_jax.retrieval import analysis, metrics, predictions
+from hammer_jax.retrieval.retrieve import Retrieval, retrieve
+from hammer_jax.retrieval.scorer import PairScorer, local_params
+
+
+def official_video_ids(data: prepared_data.PreparedData, split: str) -> tuple[dict[str, int], np.ndarray]:
+  """(video2idx {vid_name: official idx}, official idx of each split position)."""
+  names = data.split(split)["video_names"]
+  video2idx = {str(k): int(v) for k, v in data.manifest["video2idx"][split].items()}
+  return video2idx, np.array([video2idx[n] for n in names], np.int64)
+
+
+def build_submission(result: Retrieval, queries: prepared_data.QueryTable, position_to_idx: np.ndarray,
+                     video2idx: dict[str, int], with_ground_truth: bool) -> dict[str, Any]:
+  """The TVR submission (`video2idx`, `VCMR`, `SVMR` when the ground truth is known, `VR`).
+
+  Moments carry their probability exp(log score) in float64; the lists keep the
+  log-score order (make_entry's stable sort keeps it where probabilities tie).
+  """
+  vcmr, svmr, vr = [], [], []
+  for i, row in enumerate(result.query_rows):
+    desc_id, desc = int(queries.desc_id[row]), queries.desc[row]
+    m = result.vcmr[i]
+    vcmr.append(predictions.make_entry(desc_id, desc, position_to_idx[m[:, 0].astype(np.int64)], m[:, 1], m[:, 2],
+                                       np.exp(m[:, 3])))
+    vr.append(predictions.make_vr_entry(desc_id, desc, position_to_idx[result.vr_rank_video[i]],
+                                        result.vr_score[i]))
+    if with_ground_truth:
+      s = result.svmr[i]
+      gt = position_to_idx[int(queries.video_index[row])]
+      svmr.append(predictions.make_entry(desc_id, desc, np.full(len(s), gt), s[:, 0], s[:, 1], np.exp(s[:, 2])))
+  return predictions.make_submission(video2idx, vcmr=vcmr, svmr=svmr if with_ground_truth else None, vr=vr)
+
+
+def flatten(results: dict[str, Any]) -> Iterator[tuple[str, float]]:
+  """{"VR": {"r1": 26.0}, ...} -> ("VR/r1", 26.0), ... (numeric leaves only)."""
+  for task, values in results.items():
+    for key, value in values.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield f"{task}/{key}", float(value)
+
+
+def nested(pairs) -> dict[str, dict[str, float]]:
+  """The inverse of `flatten`."""
+  out: dict[str, dict[str, float]] = {}
+  for name, value in pairs:
+    task, key = name.split("/", 1)
+    out.setdefault(task, {})[key] = value
+  return out
+
+
+class Evaluator:
+  """Evaluates `split` of `data` with `scorer`.
+
+  Args:
+    scorer: the model's PairScorer (built once; reused by every run).
+    config: the run's config (config.data for the pipeline, eval.batch_size).
+    top_k: videos localised per query (VCMR list length).
+    max_queries: evaluate only the first N queries (periodic evaluation).
+    analyses: also write Figures 2-3 and 5.
+  """
+
+  def __init__(self, scorer: PairScorer, config, data: prepared_data.PreparedData, split: str, *, top_k: int,
+               max_queries: int | None = None, analyses: bool = False):
+    self.scorer, self.config, self.data, self.split = scorer, config, data, split
+    self.top_k, self.analyses = top_k, analyses
+    self.spec = input_pipeline.PipelineSpec.from_config(config.data)
+    self.info = data.split(split)
+    self.queries = prepared_data.read_queries(data, split)  # Once: periodic evaluations reuse them.
+    n = len(self.queries)
+    self.rows = np.arange(n if max_queries is None else min(max_queries, n))
+    self.has_gt = bool(self.info["has_ground_truth"])
+    video2idx, self.position_to_idx = official_video_ids(data, split)
+    self.video2idx = video2idx
+    wanted = set(self.queries.desc_id[self.rows].tolist())
+    self.ground_truth = [r for r in metrics.ground_truth_records(self.queries) if r["desc_id"] in wanted]
+    self.last_results: dict[str, Any] = {}
+
+  def encode_corpus(self, params):
+    """The split's video-only parts (every process encodes the whole corpus)."""
+    return self.scorer.encode_videos(params, input_pipeline.eval_video_batches(
+        self.data, self.split, self.spec, self.scorer.batch_size, process_index=0, process_count=1))
+
+  def retrieve(self, params) -> Retrieval:
+    params = local_params(params)
+    return retrieve(self.scorer, params, self.encode_corpus(params), self.queries.token_ids, top_k=self.top_k,
+                    max_query_len=self.spec.max_query_len, query_rows=self.rows,
+                    ground_truth=self.queries.video_index if self.has_gt else None)
+
+  def run(self, params, out_dir: str | None = None) -> Iterator[tuple[str, float]]:
+    """Evaluates `params` ({"params": ...}); yields (name, value); writes files into `out_dir` (process 0)."""
+    result = self.retrieve(params)
+    submission = build_submission(result, self.queries, self.position_to_idx, self.video2idx, self.has_gt)
+    predictions.validate_submission(submission)
+    results: dict[str, Any] = {}
+    if self.has_gt:
+      results = dict(metrics.evaluate_predictions(submission, self.ground_truth))
+      gt_spans = np.stack([self.queries.st[self.rows], self.queries.ed[self.rows]], -1)
+      results["TL"] = dict(metrics.tl_metrics(result.greedy_gt, gt_spans))
+    if out_dir and jax.process_index() == 0:
+      predictions.write_submission(os.path.join(out_dir, "predictions.json"), submission, validated=True)
+      if self.has_gt:
+        files.atomic_write(os.path.join(out_dir, "metrics.json"), json.dumps(results, indent=1))
+        files.atomic_write(os.path.join(out_dir, "metrics.md"), metrics.format_table(results) + "\n")
+        if self.analyses:
+          analysis.write_analyses(out_dir, result, self.queries, self.data, self.split)
+    self.last_results = results  # The nested dict (with the per-type strings), for printing tables.
+    yield from flatten(results)

@@ -1,0 +1,225 @@
+"""Moment search over a corpus: a restored model, a saved corpus index, one query at a time.
+
+`MomentSearcher(W).search(text)` tokenises the text like the prepared queries
+and runs the one retrieval path (`retrieve.retrieve`, the same as evaluation)
+for that single query against the index: a moment scores
+p(v|h) * p_start * p_end (Eq. 2) over the whole corpus, one moment per video in
+the top_k videos.
+
+The index is the corpus's video-only parts (`Corpus`), computed once per
+(corpus, split, checkpoint) and saved as `W/search_index/<corpus-id>_step<N>.npz`
+(+ `.json`, human-readable). Its metadata fingerprints what it was computed
+from, the full bytes of every parameter included, so a retrained checkpoint or
+re-prepared data is detected and the index rebuilt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+from typing import Any
+
+import numpy as np
+
+from hammer_jax import files
+from hammer_jax.retrieval.corpus import Corpus
+
+VR_PAIRS_PER_CALL = 256  # One query against this many videos per device program.
+
+
+class SearchError(ValueError):
+  """Bad query, corpus or index (one line)."""
+
+
+@dataclasses.dataclass
+class Moment:
+  """One result: seconds within video `vid_name`, score = p(v|h) * p_start * p_end."""
+  rank: int
+  vid_name: str
+  st: float
+  ed: float
+  score: float
+  video_position: int                     # row of the video in its split (`video_index`)
+  subtitles: list[dict[str, Any]] | None = None
+
+  def to_json(self) -> dict[str, Any]:
+    out = {"rank": self.rank, "vid_name": self.vid_name, "st": round(self.st, 3), "ed": round(self.ed, 3),
+           "score": self.score}
+    if self.subtitles is not None:
+      out["subtitles"] = self.subtitles
+    return out
+
+
+def read_subtitles(path: str) -> dict[str, list[dict[str, Any]]]:
+  """TVR's `tvqa_preprocessed_subtitles.jsonl`: {vid_name: [{"start", "end", "text"}, ...]} (seconds)."""
+  out: dict[str, list[dict[str, Any]]] = {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          rec = json.loads(line)
+          out[str(rec["vid_name"])] = [{"start": float(s["start"]), "end": float(s["end"]), "text": str(s["text"])}
+                                       for s in rec["sub"]]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+          raise SearchError(f"{path}: line {n}: not a subtitle record {{vid_name, sub: [{{start, end, text}}]}} "
+                            f"({e.__class__.__name__}: {e})") from None
+  except OSError as e:
+    raise SearchError(f"{path}: cannot read subtitles ({e.strerror or e})") from None
+  return out
+
+
+def params_fingerprint(params) -> str:
+  """sha256 over every parameter's shape, dtype and bytes (any retraining changes it)."""
+  import jax
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}{a.shape}{a.dtype}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+class MomentSearcher:
+  """A restored model + the index of one corpus; `search(text)` answers queries without reloading."""
+
+  def __init__(self, workdir: str, *, prepared_dir: str | None = None, split: str | None = None,
+               step: int | None = None, subtitles: str | None = None, rebuild_index: bool = False,
+               require_index: bool = False):
+    from hammer_jax import workdir as workdirs
+    from hammer_jax.data import prepared_data
+    from hammer_jax.retrieval.scorer import PairScorer
+
+    self.workdir = workdir
+    self.config, self.model_data, self.model, self.params, self.step = workdirs.restore(workdir, step)
+    data = self.model_data if prepared_dir is None else prepared_data.open_prepared(prepared_dir)
+    # The model's token-id space is the one its training data was tokenised with.
+    data.check_vocabulary(self.model_data.manifest["vocab_sha256"], self.model_data.manifest.get("text_checkpoint", ""))
+    data.check_feature_dims(self.model_data.video_dim, self.model_data.subtitle_dim)
+    if split is None:
+      split = self.config.data.eval_split
+      if prepared_dir is not None and split not in data.manifest["splits"] and len(data.manifest["splits"]) == 1:
+        split = next(iter(data.manifest["splits"]))  # A user corpus usually holds one split.
+    self.data, self.split = data, split
+    info = data.split(split)  # Unknown split: one-line PreparedDataError listing the prepared ones.
+    if not info["num_videos"]:
+      raise SearchError(f"{data.path}: split '{split}' has no videos")
+    self.tokenizer = self._tokenizer()
+    self.subtitles = None
+    if subtitles:
+      if data.source != "tvr":
+        raise SearchError(f"--subtitles: {data.path} is a {data.source} corpus; subtitle lines are read for "
+                          "TVR-layout corpora only")
+      self.subtitles = read_subtitles(subtitles)
+    # One query: programs of one row per device (localisation) and of VR_PAIRS_PER_CALL pairs (VR).
+    self.scorer = PairScorer(self.model, batch_size=1, decoding=self.config.model.decoding)
+    self.corpus, self.index_status = self._load_or_build_index(rebuild_index, require_index)
+    self.video_names = [info["video_names"][i] for i in self.corpus.video_index]
+
+  # -- tokens ------------------------------------------------------------------
+
+  def _tokenizer(self):
+    """The tokenizer the model's data was prepared with, found by its vocabulary fingerprint.
+
+    The manifest's checkpoint path may be gone (a workdir copied to another machine, a new
+    venv); the config's checkpoint or the default MiniLM will do if their vocab.txt is the same.
+    """
+    from hammer_jax.model import pretrained
+    manifest = self.model_data.manifest
+    tried = []
+    for ckpt in dict.fromkeys(filter(None, (manifest.get("text_checkpoint"), self.config.model.text_checkpoint,
+                                            pretrained.DEFAULT_CHECKPOINT))):
+      try:
+        if pretrained.vocab_fingerprint(ckpt) == manifest["vocab_sha256"]:
+          return pretrained.load_tokenizer(ckpt)
+        tried.append(f"{ckpt}: other vocabulary")
+      except pretrained.CheckpointError as e:
+        tried.append(str(e))
+    raise SearchError(f"no tokenizer with vocabulary {manifest['vocab_sha256'][:12]}, which {self.model_data.path} "
+                      f"was prepared with ({'; '.join(tried)})")
+
+  def tokenize(self, text: str) -> np.ndarray:
+    """int32 [n]: [CLS] ... [SEP], the whole query (retrieve cuts it like prepared queries)."""
+    if not text or not text.strip():
+      raise SearchError("empty query")
+    ids = self.tokenizer(text.strip(), add_special_tokens=True)["input_ids"]
+    if len(ids) <= 2:
+      raise SearchError(f"query {text!r} has no tokens in the model's vocabulary")
+    return np.asarray(ids, np.int32)
+
+  # -- index -------------------------------------------------------------------
+
+  def index_path(self) -> str:
+    """`W/search_index/<corpus-id>_step<N>.npz`; corpus-id = folder name, split, hash of the folder's path."""
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(self.data.path.rstrip("/")))
+    digest = hashlib.sha256(self.data.path.encode()).hexdigest()[:10]
+    return os.path.join(self.workdir, "search_index", f"{base}-{self.split}-{digest}_step{self.step}.npz")
+
+  def _index_meta(self) -> dict[str, Any]:
+    """What the index is computed from; any change (data rebuilt, other weights, shapes) invalidates it."""
+    m, info, d = self.data.manifest, self.data.split(self.split), self.config.data
+    source = {"build_args": m.get("build_args"),  # input files with their sizes and mtimes
+              "num_videos": info["num_videos"], "num_frames": info["num_frames"],
+              "video_names": info["video_names"], "spec": [d.max_frames, d.clip_len, bool(d.use_subtitles)],
+              "params": params_fingerprint(self.params)}
+    return {"corpus_path": self.data.path, "split": self.split, "step": self.step, "vocab_sha256": m["vocab_sha256"],
+            "video_dim": self.data.video_dim, "subtitle_dim": self.data.subtitle_dim, "num_videos": info["num_videos"],
+            "fingerprint": hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()}
+
+  def _load_or_build_index(self, rebuild: bool, require: bool) -> tuple[Corpus, str]:
+    from absl import logging
+    from hammer_jax.data import input_pipeline
+    path, meta = self.index_path(), self._index_meta()
+    why = "not built yet"
+    if rebuild:
+      why = "--rebuild_index"
+    elif os.path.exists(path):
+      try:
+        corpus, stored = Corpus.load(path)
+        if stored.get("fingerprint") == meta["fingerprint"]:
+          logging.info("index: loaded %s (%d videos)", path, len(corpus))
+          return corpus, "loaded"
+        why = "stale (corpus or checkpoint changed)"
+      except (OSError, ValueError, KeyError) as e:  # e.g. a file truncated by a full disk
+        why = f"unreadable ({e.__class__.__name__})"
+    if require and not rebuild:
+      raise SearchError(f"{path}: no usable search index ({why}) and --require_index is set; run once without "
+                        "--require_index to build it")
+    t0 = time.time()
+    spec = input_pipeline.PipelineSpec.from_config(self.config.data)
+    corpus = self.scorer.encode_videos(self.params, input_pipeline.eval_video_batches(
+        self.data, self.split, spec, self.scorer.round_batch(self.config.eval.batch_size),
+        process_index=0, process_count=1))
+    seconds = time.time() - t0
+    corpus.save(path, meta)
+    files.atomic_write(path[:-len(".npz")] + ".json", json.dumps(
+        dict(meta, build_seconds=round(seconds, 3), bytes=os.path.getsize(path)), indent=1))
+    logging.info("index: built %s (%d videos, %.1f MB; reason: %s) in %.2f s", path, len(corpus),
+                 os.path.getsize(path) / 1e6, why, seconds)
+    return corpus, "built"
+
+  # -- search ------------------------------------------------------------------
+
+  def search(self, text: str, top_k: int = 10) -> list[Moment]:
+    """The top_k moments (one per video, in the top_k videos by VR), best score first."""
+    from hammer_jax.retrieval.retrieve import retrieve
+    if top_k < 1:
+      raise SearchError(f"top_k must be at least 1, got {top_k}")
+    result = retrieve(self.scorer, self.params, self.corpus, [self.tokenize(text)], top_k=top_k,
+                      max_query_len=int(self.config.data.max_query_len), local=True,
+                      vr_pairs_per_call=VR_PAIRS_PER_CALL)
+    positions = self.corpus.positions_of(result.vcmr[0, :, 0].astype(np.int64))
+    moments = []
+    for rank, ((_, st, ed, log_score), pos) in enumerate(zip(result.vcmr[0], positions), 1):
+      name = self.video_names[pos]
+      subs = None
+      if self.subtitles is not None:  # Lines overlapping [st, ed].
+        subs = [s for s in self.subtitles.get(name, []) if s["start"] < ed and s["end"] > st]
+      moments.append(Moment(rank, name, float(st), float(ed), float(np.exp(log_score)),
+                            int(self.corpus.video_index[pos]), subs))
+    return moments

@@ -1,0 +1,121 @@
+"""A training workdir: its config, its data, its evaluation folders, and restoring its model.
+
+  W/config.json          the resolved config of the run (`save_config`, `load_config`)
+  W/checkpoints/<step>/  Orbax checkpoints of the train state
+  W/tensorboard/         scalars and the config as hparams
+  W/eval/<name>_step<N>/ one evaluation (`eval_dir`): predictions, metrics, plots
+  W/data/                the demo's synthetic corpus (built by its first run only)
+  W/search_index/        saved corpora for search
+
+`restore(W)` is what the eval binary and search start from: every failure is one
+line that says what to run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from hammer_jax import files
+from hammer_jax.data import prepared_data
+from hammer_jax.model import hammer
+
+
+class RestoreError(RuntimeError):
+  """The workdir cannot give a trained model (one line, with what to run)."""
+
+
+def save_config(config, workdir: str) -> str:
+  """Writes the resolved config to `W/config.json` (atomically; process 0)."""
+  import jax
+  path = os.path.join(workdir, "config.json")
+  if jax.process_index() == 0:
+    files.atomic_write(path, config.to_json_best_effort(indent=1, sort_keys=True))
+  return path
+
+
+def load_config(workdir: str):
+  """The config `W` was trained with; fields added to configs/base.py since then get their defaults."""
+  import ml_collections
+  from configs import base
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise RestoreError(f"{workdir}: no config.json (not a training workdir; run hammer_jax.main first)")
+  with open(path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  _fill_defaults(config, base.get_base_config())
+  return config
+
+
+def _fill_defaults(config, defaults) -> None:
+  import ml_collections
+  for key in defaults:
+    if key not in config:
+      config[key] = defaults[key]
+    elif isinstance(config[key], ml_collections.ConfigDict) and isinstance(defaults[key], ml_collections.ConfigDict):
+      _fill_defaults(config[key], defaults[key])
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, "checkpoints")
+
+
+def tensorboard_dir(workdir: str) -> str:
+  return os.path.join(workdir, "tensorboard")
+
+
+def eval_dir(workdir: str, name: str, step: int) -> str:
+  """`W/eval/<name>_step<step>`: name is a split ("val", "test_public") or "periodic"."""
+  return os.path.join(workdir, "eval", f"{name}_step{step}")
+
+
+def demo_data_dir(workdir: str) -> str:
+  """Where the demo's synthetic corpus is prepared (`data_prep.demo_corpus`)."""
+  return os.path.join(workdir, "data")
+
+
+def open_data(config, workdir: str) -> prepared_data.PreparedData:
+  """The run's prepared data: `config.data.prepared_dir`, or the demo corpus under `W/data`.
+
+  Never builds anything: only the demo's own first run (`hammer_jax.main`) prepares
+  its corpus, so a later command says what is missing instead of rebuilding it.
+  """
+  if config.data.source == "synthetic" and not config.data.prepared_dir:
+    path = os.path.join(demo_data_dir(workdir), "prepared")
+    if not os.path.exists(os.path.join(path, "prepared.json")):
+      raise prepared_data.PreparedDataError(
+          f"{path}: the demo corpus of this workdir is missing or incomplete; the demo's training run builds it: "
+          f"python -m hammer_jax.main --config=configs/demo.py --workdir={workdir}")
+    return prepared_data.open_prepared(path)
+  return prepared_data.open_prepared(config.data.prepared_dir)
+
+
+def restore(workdir: str, step: int | None = None) -> tuple[Any, prepared_data.PreparedData, hammer.Hammer, Any, int]:
+  """Returns (config, data, model, {"params": params} on this host, step) of W's latest (or `step`) checkpoint."""
+  from hammer_jax.retrieval.scorer import local_params
+  from hammer_jax.train import checkpointing, optimizer, state as train_state
+  config = load_config(workdir)
+  ckpt_dir = checkpoint_dir(workdir)
+  ckpt = checkpointing.Checkpointer(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+  steps = ckpt.all_steps() if ckpt else []
+  if not steps:
+    raise RestoreError(f"{workdir}: no checkpoint; train first: python -m hammer_jax.main --workdir={workdir} "
+                       f"--config=<config>")
+  if step is not None and step not in steps:
+    raise RestoreError(f"{workdir}: no checkpoint at step {step} (available: {steps})")
+  data = open_data(config, workdir)
+  model = hammer.create_model(config, data.video_dim, data.subtitle_dim)
+  mesh = train_state.create_mesh()
+  _, abstract, _ = train_state.abstract_train_state(model, config, optimizer.make_optimizer(config.optim),
+                                                    data.video_dim, data.subtitle_dim, mesh)
+  try:
+    state = ckpt.restore(abstract, step)
+  except ValueError as e:
+    first = str(e).strip().splitlines()[0]
+    raise RestoreError(f"{ckpt_dir}: the checkpoint does not fit the model built from {workdir}/config.json and "
+                       f"the data in {data.path} ({first}); evaluate with the data and code it was trained with"
+                       ) from None
+  finally:
+    ckpt.close()
+  return config, data, model, {"params": local_params(state.params)}, int(state.step)
