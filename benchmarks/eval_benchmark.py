@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.model_benchmark import make_config, random_batch  # noqa: E402
-from hammer_jax.model import flops, hammer  # noqa: E402
+from hammer_jax.model import flops, build, hammer  # noqa: E402
 from hammer_jax.retrieval.corpus import Corpus  # noqa: E402
 from hammer_jax.retrieval.scorer import PairScorer  # noqa: E402
 
@@ -62,9 +62,9 @@ def main(argv=None):
                           checkpoint=args.checkpoint, subtitle_dim=768)
   config = make_config(ns)
   config.eval.batch_size = 8
-  model = hammer.create_model(config, 3072, 768)
+  model = build.create_model(config, 3072, 768)
   batch = random_batch(config, 8, 3072, 768)
-  params = hammer.init_params(model, config, jax.random.key(0), batch)
+  params = build.init_params(model, config, jax.random.key(0), batch)
   scorer = PairScorer(model, batch_size=8, decoding=config.model.decoding)  # no data needed: arrays in, scores out
 
   q_parts = jax.jit(functools.partial(model.apply, method=hammer.Hammer.encode_query))(
@@ -102,7 +102,7 @@ def main(argv=None):
                                   repeat=1)))
 
   config.data.num_negatives = 1  # so that forward_flops counts one retrieval-only pair
-  parts = flops.forward_flops(hammer.model_config(config, 3072, 768), num_frames=96, query_len=30,
+  parts = flops.forward_flops(build.model_config(config, 3072, 768), num_frames=96, query_len=30,
                               num_negatives=1, mlm_predictions=0)
   pair_flops = {"pair_retrieval": parts["negatives"], "pair": parts["positive"]}
   pairs = TVR_QUERIES * TVR_VIDEOS

@@ -175,7 +175,10 @@ def main(argv):
   add("prepared data size", prep["prep_mb"], "MB")
 
   data = open_prepared(os.path.join(f.workdir, "prepared"))
-  spec = PipelineSpec(max_frames=f.max_frames, max_query_len=f.max_query_len, clip_len=f.clip_len)
+  from configs import base
+  data_config = base.get_base_config().data
+  data_config.max_frames, data_config.max_query_len, data_config.clip_len = f.max_frames, f.max_query_len, f.clip_len
+  spec = PipelineSpec.from_config(data_config)
   b, n = f.batch_size, data.split("train")["num_queries"]
 
   # Process CPU time (all threads, tf.data's included) next to wall time: on a

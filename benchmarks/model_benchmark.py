@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from configs.base import get_base_config  # noqa: E402
-from hammer_jax.model import flops, hammer, losses  # noqa: E402
+from hammer_jax.model import build, flops, losses  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -70,7 +70,7 @@ def make_config(args):
 
 
 def random_batch(config, batch_size: int, video_dim: int, subtitle_dim: int, seed: int = 0) -> dict:
-  batch = hammer.dummy_batch(config, video_dim, subtitle_dim, batch_size)
+  batch = build.dummy_batch(config, video_dim, subtitle_dim, batch_size)
   rng = np.random.default_rng(seed)
   b, f = batch["frame_mask"].shape
   l, p, j = batch["query_ids"].shape[1], batch["mlm_positions"].shape[1], batch["neg_index"].shape[1]
@@ -130,13 +130,13 @@ def main(argv=None):
   args = parse_args(argv)
   config = make_config(args)
   b = args.batch_size
-  model = hammer.create_model(config, args.video_dim, args.subtitle_dim)
+  model = build.create_model(config, args.video_dim, args.subtitle_dim)
   batch = random_batch(config, b, args.video_dim, args.subtitle_dim)
   batch = jax.device_put(batch)
 
   t0 = time.perf_counter()
-  params = jax.jit(lambda r: hammer.init_random_params(model, r, batch))(jax.random.PRNGKey(0))
-  params = hammer.load_pretrained_text(params, config)
+  params = jax.jit(lambda r: build.init_random_params(model, r, batch))(jax.random.PRNGKey(0))
+  params = build.load_pretrained_text(params, config)
   init_s = time.perf_counter() - t0
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
 

@@ -50,7 +50,7 @@ def worker(args) -> dict:
   """Runs in a process with a fixed device count; returns its measurements."""
   import jax
   from benchmarks.model_benchmark import make_config, matmul_peak, random_batch
-  from hammer_jax.model import flops, hammer
+  from hammer_jax.model import build, flops
   from hammer_jax.data import input_pipeline
   from hammer_jax.train import optimizer, loop as train
   from hammer_jax.train import state as ts
@@ -61,7 +61,7 @@ def worker(args) -> dict:
   config.optim.batch_size = args.global_batch
   mesh = ts.create_mesh()
   ts.check_batch_size(args.global_batch, mesh)
-  model = hammer.create_model(config, args.video_dim, args.subtitle_dim)
+  model = build.create_model(config, args.video_dim, args.subtitle_dim)
   tx = optimizer.make_optimizer(config.optim)
   _, _, shardings = ts.abstract_train_state(model, config, tx, args.video_dim, args.subtitle_dim, mesh)
   state = ts.init_train_state(model, config, tx, args.video_dim, args.subtitle_dim, mesh, jax.random.key(0))

@@ -168,7 +168,7 @@ def run_variant(name: str, overrides: dict, args, prepared_dir: str) -> dict:
   import jax
   import numpy as np
   from hammer_jax import workdir
-  from hammer_jax.model import hammer
+  from hammer_jax.model import build
   from hammer_jax.train import loop
   config = make_config(overrides, args.steps, args.seed, prepared_dir)
   run_dir = os.path.join(args.out_dir, "runs", name)
@@ -180,7 +180,7 @@ def run_variant(name: str, overrides: dict, args, prepared_dir: str) -> dict:
   j = config.data.num_negatives
   vr = scalars.get("vr", {})
   last100 = [v for s, v in vr.items() if s > args.steps - 100]
-  init = hammer.init_params(model, config, jax.random.key(config.seed), hammer.dummy_batch(
+  init = build.init_params(model, config, jax.random.key(config.seed), build.dummy_batch(
       config, data.video_dim, data.subtitle_dim, batch_size=1))
   out = {"name": name, "what": VARIANTS[name][0], "overrides": overrides, "train_seconds": round(train_s, 1),
          "ln_1_plus_j": math.log(1 + j), "vr_over_chance_last100": float(np.mean(last100)) / math.log(1 + j),

@@ -8,7 +8,7 @@ Batch 64, max LR 4e-5, 128 frames (resampled at preparation), clip length 32
   --config=configs/activitynet.py:clip=16          (a Table 7 row)
 
 Training length is not given in the paper: 20k steps (~34 epochs) (choice).
-Variants: configs/variants.py.
+Everything else is configs/base.py's. Variants: configs/variants.py.
 """
 
 from configs import base, variants
@@ -19,10 +19,8 @@ def get_config(arg: str = ""):
   c.data.source = "activitynet"
   c.data.train_split, c.data.eval_split = "train", "val_1"
   c.data.max_frames = 128
-  c.data.max_query_len = 30
   c.data.clip_len = 32
   c.data.use_subtitles = False
   c.optim.batch_size = 64
   c.optim.lr = 4e-5
-  c.optim.num_steps = 20000
   return variants.apply_variants(c, arg)

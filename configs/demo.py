@@ -32,20 +32,11 @@ from configs import base, variants
 
 def get_config(arg: str = ""):
   c = base.get_base_config()
-  c.data.source = "synthetic"
-  c.data.synthetic = dict(seed=0, num_train_videos=300, num_val_videos=30, num_test_videos=30,
-                          queries_per_video=5, visual_dim=64, subtitle_dim=64, min_duration=9.0,
-                          max_duration=24.0)
-  c.data.max_frames = 16
-  c.data.max_query_len = 12
-  c.data.clip_len = 4
+  variants.demo_corpus(c, num_train_videos=300, num_val_videos=30)
   c.data.max_mlm_predictions = 2
-  c.data.num_negatives = 2
   c.data.shuffle_buffer = 128
-  c.model.dropout_rate = 0.0
   c.optim.batch_size = 8
   c.optim.lr = 1e-4
-  c.optim.new_layer_lr_multiplier = 1.0
   c.loss.use_dual_encoder = True
   c.optim.num_steps = 600
   c.optim.decay_boundaries = (0.9, 0.95)
@@ -53,7 +44,6 @@ def get_config(arg: str = ""):
   c.eval.final_eval = True
   c.eval.top_k_videos = 10
   c.eval.every_steps = 0              # the final evaluation only: periodic ones would cost minutes here
-  c.eval.max_queries_during_training = 0
   c.log_every_steps = 25
   c.checkpoint_every_steps = 300
   return variants.apply_variants(c, arg)

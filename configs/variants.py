@@ -21,30 +21,35 @@ An unknown item is an error.
 OBJECTIVES = {"vr": "use_vr", "tl": "use_tl", "fm": "use_frame_mlm", "cm": "use_clip_mlm"}
 
 
-def _tiny(c):
+def demo_corpus(c, *, num_train_videos: int, num_val_videos: int):
+  """The demo's synthetic corpus and the shapes that fit it (configs/demo.py and `tiny`).
+
+  Durations fit max_frames (16 rows of 1.5 s = 24 s): longer videos would be
+  truncated and ~40% of the ground-truth moments (with the concepts the query
+  names) cut off. Widths >= 55 concepts give orthonormal concept directions.
+  """
   c.data.source = "synthetic"
   c.data.prepared_dir = ""
-  # Durations fit max_frames (16 rows of 1.5 s = 24 s): longer videos would be
-  # truncated and ~40% of the ground-truth moments (with the concepts the query
-  # names) cut off. Widths >= 55 concepts give orthonormal concept directions.
-  c.data.synthetic = dict(seed=0, num_train_videos=40, num_val_videos=12, num_test_videos=12,
-                          queries_per_video=5, visual_dim=64, subtitle_dim=64,
+  c.data.synthetic = dict(seed=0, num_train_videos=num_train_videos, num_val_videos=num_val_videos,
+                          num_test_videos=num_val_videos, queries_per_video=5, visual_dim=64, subtitle_dim=64,
                           min_duration=9.0, max_duration=24.0)
-  c.data.train_split, c.data.eval_split = "train", "val"
   c.data.max_frames = 16
   c.data.max_query_len = 12
   c.data.clip_len = 4
   c.data.num_negatives = 2
+  c.model.dropout_rate = 0.0
+
+
+def _tiny(c):
+  demo_corpus(c, num_train_videos=40, num_val_videos=12)
   c.data.max_mlm_predictions = 3
   c.data.shuffle_buffer = 16
   c.model.text_checkpoint = None
   c.model.bert = dict(vocab_size=30522, hidden_size=32, num_heads=2, intermediate_size=64,
                       max_position_embeddings=64, type_vocab_size=2, layer_norm_eps=1e-12)
   c.model.text_layers = 2
-  c.model.dropout_rate = 0.0
   c.optim.batch_size = 8
   c.optim.lr = 1e-3
-  c.optim.new_layer_lr_multiplier = 1.0  # Everything is random here: one rate.
   c.optim.decay_boundaries = (0.5, 0.75)
   c.optim.num_steps = 20
   c.eval.batch_size = 8

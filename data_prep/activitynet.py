@@ -13,12 +13,11 @@ Reversed timestamps and ends past the duration are repaired and counted.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from data_prep import annotations, features, records
-from data_prep.prepared_writer import PreparedWriter, format_summary
-from data_prep.records import DataError, Query, RepairLog, VideoEntry
+from data_prep import annotations, cli, features, records
+from data_prep.prepared_writer import PreparedWriter
+from data_prep.records import Query, RepairLog, VideoEntry
 from hammer_jax.model import pretrained
 
 SPLIT_FILES = {"train": "train.json", "val_1": "val_1.json", "val_2": "val_2.json"}
@@ -29,14 +28,7 @@ def prepare_activitynet(out_dir: str, *, annotation_dir: str = "", split_files: 
                         max_frames: int = 128, max_query_len: int = 64, videos_per_shard: int = 256,
                         missing_videos: str = "error") -> dict[str, Any]:
   """Converts ActivityNet Captions; returns the `prepared.json` manifest."""
-  files = dict(split_files or {})
-  if annotation_dir:
-    for split, name in SPLIT_FILES.items():
-      if split not in files and os.path.exists(os.path.join(annotation_dir, name)):
-        files[split] = os.path.join(annotation_dir, name)
-  if not files:
-    raise DataError(annotation_dir or "<flags>", "<folder>", "annotations",
-                    f"no annotation file found (expected one of {', '.join(SPLIT_FILES.values())})")
+  files = annotations.annotation_files(annotation_dir, split_files, SPLIT_FILES)
   ckpt = pretrained.resolve_checkpoint_dir(text_checkpoint, need_weights=False)
   tokenizer = pretrained.load_tokenizer(ckpt)
   feats = features.FeatureFile(video_feature, "video")
@@ -87,38 +79,21 @@ def prepare_activitynet(out_dir: str, *, annotation_dir: str = "", split_files: 
                           "max_query_len_prepared": max_query_len})
 
 
-def main(argv):
-  del argv
-  from absl import flags
-  f = flags.FLAGS
-  try:
-    manifest = prepare_activitynet(
-        f.out_dir, annotation_dir=f.annotation_dir,
-        split_files={k: v for k, v in (("train", f.train_file), ("val_1", f.val_1_file),
-                                       ("val_2", f.val_2_file)) if v},
-        video_feature=f.video_feature, text_checkpoint=f.text_checkpoint, max_frames=f.max_frames,
-        max_query_len=f.max_query_len, videos_per_shard=f.videos_per_shard, missing_videos=f.missing_videos)
-  except (DataError, pretrained.CheckpointError) as e:
-    raise SystemExit(f"error: {e}")
-  print(format_summary(manifest))
+SPLIT_FLAGS = {"train": ("train_file", "train.json"), "val_1": ("val_1_file", "val_1.json"),
+               "val_2": ("val_2_file", "val_2.json")}
 
 
-def define_flags():
+def _prepare(f) -> dict:
+  return prepare_activitynet(**cli.common_args(f, SPLIT_FLAGS), video_feature=f.video_feature,
+                             max_frames=f.max_frames)
+
+
+def _define_flags():
   from absl import flags
-  flags.DEFINE_string("out_dir", None, "Output folder for the prepared data.", required=True)
-  flags.DEFINE_string("annotation_dir", "", "Folder with train.json, val_1.json, val_2.json.")
-  flags.DEFINE_string("train_file", "", "train.json (overrides annotation_dir).")
-  flags.DEFINE_string("val_1_file", "", "val_1.json (overrides annotation_dir).")
-  flags.DEFINE_string("val_2_file", "", "val_2.json (overrides annotation_dir).")
+  cli.define_common_flags("Folder with train.json, val_1.json, val_2.json.", SPLIT_FLAGS)
   flags.DEFINE_string("video_feature", None, "Feature h5 file or folder of <video_id>.npy.", required=True)
-  flags.DEFINE_string("text_checkpoint", pretrained.DEFAULT_CHECKPOINT, "BERT folder whose tokenizer to use.")
   flags.DEFINE_integer("max_frames", 128, "Rows per video after average-pool resampling.")
-  flags.DEFINE_integer("max_query_len", 64, "Tokens kept per query at preparation ([CLS] and [SEP] included).")
-  flags.DEFINE_integer("videos_per_shard", 256, "Videos per TFRecord shard.")
-  flags.DEFINE_enum("missing_videos", "error", ["error", "drop"], "What to do with videos absent from the features.")
 
 
 if __name__ == "__main__":
-  from absl import app
-  define_flags()
-  app.run(main)
+  cli.main(_define_flags, _prepare)

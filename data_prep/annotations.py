@@ -10,11 +10,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any, Iterable
 
 import numpy as np
 
 from data_prep.records import DataError, Query, RepairLog
+
+
+def annotation_files(annotation_dir: str, split_files: dict[str, str] | None,
+                     names: dict[str, str]) -> dict[str, str]:
+  """{split: file}: the given `split_files`, plus `annotation_dir/names[split]` for the others that exist."""
+  files = dict(split_files or {})
+  if annotation_dir:
+    for split, name in names.items():
+      if split not in files and os.path.exists(os.path.join(annotation_dir, name)):
+        files[split] = os.path.join(annotation_dir, name)
+  if not files:
+    raise DataError(annotation_dir or "<flags>", "<folder>", "annotations",
+                    f"no annotation file found (expected one of {', '.join(names.values())})")
+  return files
 
 
 def _number(value: Any, path: str, record: str, field: str) -> float:

@@ -74,6 +74,7 @@ from typing import Any, Callable
 import numpy as np
 
 from data_prep import tvr_durations
+from hammer_jax import files
 from hammer_jax.data import alignment
 
 FRAME_SECONDS = 1.5
@@ -280,28 +281,6 @@ def chance_levels(queries: list[dict], n_videos: int) -> dict[str, Any]:
           "num_videos": n_videos, "num_queries": len(queries), "method": "exact formula"}
 
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> None:
-  """write(tmp) into a hidden temp file of the same folder, then os.replace: a crash
-  never leaves a partial file under the final name."""
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def _text_writer(text: str) -> Callable[[str], None]:
-  def write(tmp: str) -> None:
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-  return write
-
-
 def _h5_writer(arrays: dict[str, np.ndarray]) -> Callable[[str], None]:
   def write(tmp: str) -> None:
     import h5py  # Deferred: only needed when writing.
@@ -365,7 +344,7 @@ def make_synthetic_corpus(out_dir: str, *, seed: int = 0, num_train_videos: int 
   if os.path.exists(os.path.join(out_dir, MANIFEST)):
     os.remove(os.path.join(out_dir, MANIFEST))
   for name in os.listdir(out_dir):  # Temp files a killed run left behind.
-    if name.startswith(".") and ".tmp-" in name:
+    if name.startswith(".") and ".tmp-" in name:  # files.temporary_path
       os.remove(os.path.join(out_dir, name))
 
   vis_dir, sub_dir = concept_directions(seed, visual_dim, subtitle_dim)
@@ -396,10 +375,10 @@ def make_synthetic_corpus(out_dir: str, *, seed: int = 0, num_train_videos: int 
 
   order = [JSONL["train"], JSONL["val"], JSONL["test_public"], ANSWERS, VIDEO2DUR]
   for name in order:
-    _atomic_write(os.path.join(out_dir, name), _text_writer(texts[name]))
-  _atomic_write(os.path.join(out_dir, VIDEO_H5), _h5_writer(vis_arrays))
-  _atomic_write(os.path.join(out_dir, SUB_H5), _h5_writer(sub_arrays))
-  _atomic_write(os.path.join(out_dir, CHANCE), _text_writer(texts[CHANCE]))
+    files.atomic_write(os.path.join(out_dir, name), texts[name])
+  files.atomic_write_with(os.path.join(out_dir, VIDEO_H5), _h5_writer(vis_arrays))
+  files.atomic_write_with(os.path.join(out_dir, SUB_H5), _h5_writer(sub_arrays))
+  files.atomic_write(os.path.join(out_dir, CHANCE), texts[CHANCE])
 
   splits = {}
   for s in SPLITS:
@@ -409,9 +388,9 @@ def make_synthetic_corpus(out_dir: str, *, seed: int = 0, num_train_videos: int 
                  "videos_without_subtitles": sum(v["subtitle"] is None for v in videos[s]),
                  "types": {t: types.count(t) for t in TYPES}}
   summary = {"args": args, "splits": splits, "chance": chance}
-  files = {n: os.path.getsize(os.path.join(out_dir, n)) for n in order + [VIDEO_H5, SUB_H5, CHANCE]}
-  manifest = {"format_version": FORMAT_VERSION, "args": args, "files": files, "summary": summary}
-  _atomic_write(os.path.join(out_dir, MANIFEST), _text_writer(json.dumps(manifest, indent=1)))
+  sizes = {n: os.path.getsize(os.path.join(out_dir, n)) for n in order + [VIDEO_H5, SUB_H5, CHANCE]}
+  manifest = {"format_version": FORMAT_VERSION, "args": args, "files": sizes, "summary": summary}
+  files.atomic_write(os.path.join(out_dir, MANIFEST), json.dumps(manifest, indent=1))
   summary = dict(summary, out_dir=out_dir, skipped=False, seconds=time.time() - t0)
   if verbose:
     print(format_summary(summary))

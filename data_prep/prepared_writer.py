@@ -25,20 +25,12 @@ from typing import Any, Callable
 import numpy as np
 
 from data_prep import records
+from hammer_jax import files
 from data_prep.records import Query, RepairLog, VideoEntry
 from hammer_jax.model import pretrained
 
 # (video [rows, dim], subtitle [rows, sdim] | None, subtitle_mask [rows] | None, frame_seconds)
 LoadedVideo = tuple[np.ndarray, np.ndarray | None, np.ndarray | None, float]
-
-
-def atomic_write_text(path: str, text: str) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def _shard_name(dataset: str, split: str, index: int, count: int) -> str:
@@ -95,17 +87,18 @@ class PreparedWriter:
         if f.startswith(f"{name}-{split}.tfrecord-"):
           os.remove(os.path.join(d, f))
     os.makedirs(progress, exist_ok=True)
-    atomic_write_text(id_file, build_id)
+    files.atomic_write(id_file, build_id)
     return progress
 
   def _write_shard(self, dataset: str, split: str, index: int, count: int, serialized: list[bytes]) -> None:
     import tensorflow as tf  # Deferred: only the writer needs TF.
     path = os.path.join(self.dirs[dataset], _shard_name(dataset, split, index, count))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.TFRecordWriter(tmp) as w:
-      for s in serialized:
-        w.write(s)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+      with tf.io.TFRecordWriter(tmp) as w:
+        for s in serialized:
+          w.write(s)
+
+    files.atomic_write_with(path, write)
 
   def write_split(self, split: str, entries: list[VideoEntry], queries: list[Query],
                   load_video: Callable[[VideoEntry, RepairLog], LoadedVideo], log: RepairLog,
@@ -144,7 +137,7 @@ class PreparedWriter:
         serialized.append(self.video_spec.serialize_example(ex))
         bar.update(1)
       self._write_shard("videos", split, s, n_shards, serialized)
-      atomic_write_text(done_file, json.dumps({"count": len(chunk), "frames": frames, "log": this_log.to_dict()}))
+      files.atomic_write(done_file, json.dumps({"count": len(chunk), "frames": frames, "log": this_log.to_dict()}))
       frames_total += frames
       shard_log.merge(this_log.to_dict())
     bar.close()
@@ -211,7 +204,7 @@ class PreparedWriter:
           data_dir=self.dirs[dataset], features=spec, split_infos=infos,
           filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", check_data=False,
           description=f"hammer_jax prepared {self.source} {dataset}")
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
+    files.atomic_write(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
 
 

@@ -16,12 +16,11 @@ Safe to re-run: finished shards are kept (see `prepared_writer`).
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Sequence
 
 
-from data_prep import annotations, features, records
-from data_prep.prepared_writer import PreparedWriter, format_summary
+from data_prep import annotations, cli, features, records
+from data_prep.prepared_writer import PreparedWriter
 from data_prep.records import DataError, Query, RepairLog, VideoEntry
 from hammer_jax.model import pretrained
 
@@ -64,14 +63,7 @@ def prepare_tvr(out_dir: str, *, annotation_dir: str = "", split_files: dict[str
   """Converts a TVR-layout corpus; returns the `prepared.json` manifest."""
   if missing_videos not in ("error", "drop"):
     raise ValueError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
-  files = dict(split_files or {})
-  if annotation_dir:
-    for split, name in SPLIT_FILES.items():
-      if split not in files and os.path.exists(os.path.join(annotation_dir, name)):
-        files[split] = os.path.join(annotation_dir, name)
-  if not files:
-    raise DataError(annotation_dir or "<flags>", "<folder>", "annotations",
-                    f"no annotation file found (expected one of {', '.join(SPLIT_FILES.values())})")
+  files = annotations.annotation_files(annotation_dir, split_files, SPLIT_FILES)
   ckpt = pretrained.resolve_checkpoint_dir(text_checkpoint, need_weights=False)
   tokenizer = pretrained.load_tokenizer(ckpt)
   video2dur = _read_video2dur(video2dur_idx)
@@ -140,42 +132,25 @@ def prepare_tvr(out_dir: str, *, annotation_dir: str = "", split_files: dict[str
                           "max_query_len_prepared": max_query_len})
 
 
-def main(argv):
-  del argv
-  from absl import flags
-  f = flags.FLAGS
-  try:
-    manifest = prepare_tvr(
-        f.out_dir, annotation_dir=f.annotation_dir,
-        split_files={k: v for k, v in (("train", f.train_file), ("val", f.val_file),
-                                       ("test_public", f.test_public_file)) if v},
-        video_feature=f.video_feature, subtitle_feature=f.subtitle_feature, video2dur_idx=f.video2dur_idx,
-        l2_normalize=f.l2_normalize, text_checkpoint=f.text_checkpoint, max_query_len=f.max_query_len,
-        clip_seconds=f.clip_seconds, videos_per_shard=f.videos_per_shard, missing_videos=f.missing_videos)
-  except (DataError, pretrained.CheckpointError) as e:
-    raise SystemExit(f"error: {e}")
-  print(format_summary(manifest))
+SPLIT_FLAGS = {"train": ("train_file", "Train annotation jsonl"), "val": ("val_file", "Val annotation jsonl"),
+               "test_public": ("test_public_file", "Test-public annotation jsonl")}
 
 
-def define_flags():
+def _prepare(f) -> dict:
+  return prepare_tvr(**cli.common_args(f, SPLIT_FLAGS), video_feature=f.video_feature,
+                     subtitle_feature=f.subtitle_feature, video2dur_idx=f.video2dur_idx, l2_normalize=f.l2_normalize,
+                     clip_seconds=f.clip_seconds)
+
+
+def _define_flags():
   from absl import flags
-  flags.DEFINE_string("out_dir", None, "Output folder for the prepared data.", required=True)
-  flags.DEFINE_string("annotation_dir", "", "Folder with tvr_{train,val,test_public}_release.jsonl.")
-  flags.DEFINE_string("train_file", "", "Train annotation jsonl (overrides annotation_dir).")
-  flags.DEFINE_string("val_file", "", "Val annotation jsonl (overrides annotation_dir).")
-  flags.DEFINE_string("test_public_file", "", "Test-public annotation jsonl (overrides annotation_dir).")
+  cli.define_common_flags("Folder with tvr_{train,val,test_public}_release.jsonl.", SPLIT_FLAGS)
   flags.DEFINE_list("video_feature", None, "Visual feature h5 file(s); several are concatenated.", required=True)
   flags.DEFINE_string("subtitle_feature", "", "Subtitle feature h5 ('' = no subtitle stream).")
   flags.DEFINE_string("video2dur_idx", "", "tvr_video2dur_idx.json (official indices; test corpus).")
   flags.DEFINE_bool("l2_normalize", False, "L2-normalise each visual file's rows before concatenating.")
-  flags.DEFINE_string("text_checkpoint", pretrained.DEFAULT_CHECKPOINT, "BERT folder whose tokenizer to use.")
-  flags.DEFINE_integer("max_query_len", 64, "Tokens kept per query at preparation ([CLS] and [SEP] included).")
   flags.DEFINE_float("clip_seconds", 1.5, "Seconds covered by one feature row.")
-  flags.DEFINE_integer("videos_per_shard", 256, "Videos per TFRecord shard.")
-  flags.DEFINE_enum("missing_videos", "error", ["error", "drop"], "What to do with videos absent from the features.")
 
 
 if __name__ == "__main__":
-  from absl import app
-  define_flags()
-  app.run(main)
+  cli.main(_define_flags, _prepare)

@@ -19,7 +19,7 @@ from typing import Any
 
 from hammer_jax import files
 from hammer_jax.data import prepared_data
-from hammer_jax.model import hammer
+from hammer_jax.model import build, hammer
 
 
 class RestoreError(RuntimeError):
@@ -105,7 +105,7 @@ def restore(workdir: str, step: int | None = None) -> tuple[Any, prepared_data.P
   if step is not None and step not in steps:
     raise RestoreError(f"{workdir}: no checkpoint at step {step} (available: {steps})")
   data = open_data(config, workdir)
-  model = hammer.create_model(config, data.video_dim, data.subtitle_dim)
+  model = build.create_model(config, data.video_dim, data.subtitle_dim)
   mesh = train_state.create_mesh()
   _, abstract, _ = train_state.abstract_train_state(model, config, optimizer.make_optimizer(config.optim),
                                                     data.video_dim, data.subtitle_dim, mesh)

@@ -43,6 +43,16 @@ def tiny_config(tmp_data=None, **overrides):
   return c
 
 
+def pipeline_spec(**overrides):
+  """The input pipeline's spec of configs/base.py's `data`, with `overrides`."""
+  from configs import base
+  from hammer_jax.data.input_pipeline import PipelineSpec
+  data = base.get_base_config().data
+  for key, value in overrides.items():
+    data[key] = value
+  return PipelineSpec.from_config(data)
+
+
 def read_scalars(workdir, tag):
   """{step: value} of one scalar from the run's TensorBoard files."""
   import tensorflow as tf
@@ -176,7 +186,7 @@ def quick_params(model, batch, seed: int = 0, std: float = 0.02) -> dict:
   scales, small random biases.
 
   On this CPU compiling the real random init (threefry for ~200 shapes) costs 10-30 s
-  per config, so most tests use this; `hammer.init_random_params` itself is
+  per config, so most tests use this; `build.init_random_params` itself is
   exercised by the MiniLM test. Biases are random (not zero as in the real init) so
   that a test cannot pass because some term happens to vanish.
   """

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import helpers as dh
+from helpers import pipeline_spec
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAL_1 = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "activitynet", "val_1.json")
@@ -175,8 +176,8 @@ def test_npy_folder_gives_the_same_features_and_drops_the_rest(raw, prepared, vi
 
 
 def test_training_labels_follow_the_timestamps(raw, prepared):
-  from hammer_jax.data.input_pipeline import PipelineSpec, TrainBatches
-  spec = PipelineSpec(max_frames=MAX_FRAMES, max_query_len=24, clip_len=4, shuffle_buffer=512)
+  from hammer_jax.data.input_pipeline import TrainBatches
+  spec = pipeline_spec(max_frames=MAX_FRAMES, max_query_len=24, clip_len=4, shuffle_buffer=512)
   batch_size = 1167  # 17,505 = 15 * 1167: one epoch is exactly 15 batches.
   tb = TrainBatches(prepared["data"], "val_1", spec, local_batch_size=batch_size, seed=3,
                     process_index=0, process_count=1)
@@ -256,14 +257,14 @@ def test_anomalies_repaired_and_counted(raw, prepared):
 
 def test_tfds_view_and_eval_batches(raw, prepared):
   import tensorflow_datasets as tfds
-  from hammer_jax.data.input_pipeline import PipelineSpec, eval_video_batches
+  from hammer_jax.data.input_pipeline import eval_video_batches
   vb = tfds.builder_from_directory(os.path.join(prepared["out"], "videos", "1.0.0"))
   qb = tfds.builder_from_directory(os.path.join(prepared["out"], "queries", "1.0.0"))
   assert vb.info.splits["val_1"].num_examples == 4917
   assert qb.info.splits["val_1"].num_examples == 17505
   first = next(iter(vb.as_dataset(split="val_1[:1]").as_numpy_iterator()))
   assert first["vid_name"].decode() == raw["videos"][0]
-  spec = PipelineSpec(max_frames=MAX_FRAMES, max_query_len=24, clip_len=4)
+  spec = pipeline_spec(max_frames=MAX_FRAMES, max_query_len=24, clip_len=4)
   index, real, frames = [], 0, 0
   for b in eval_video_batches(prepared["data"], "val_1", spec, 1000, process_index=0, process_count=1):
     assert b["video"].shape == (1000, MAX_FRAMES, DIM)

@@ -19,6 +19,7 @@ import pytest
 import helpers as dh
 from data_prep import activitynet, features, tvr
 from data_prep.records import DataError
+from helpers import pipeline_spec
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -403,8 +404,7 @@ def prepared_small(tmp_path_factory):
 
 
 def _spec():
-  from hammer_jax.data.input_pipeline import PipelineSpec
-  return PipelineSpec(max_frames=16, max_query_len=16, clip_len=2, num_negatives=2, shuffle_buffer=8)
+  return pipeline_spec(max_frames=16, max_query_len=16, clip_len=2, num_negatives=2, shuffle_buffer=8)
 
 
 def _damaged_copy(prepared_small, tmp_path, damage: str) -> tuple[str, str]:

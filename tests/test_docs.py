@@ -141,5 +141,8 @@ def test_readme_eval_and_search_run_as_written(trained_workdir, repo_env):
   printed, _ = dc.run_as_written(list(search.argv) + ["--json"], root, env)
   moments = json.loads(printed[printed.index("["):])
   top_k = int(dict(dc.given_flags(search.argv))["top_k"])
-  assert 1 <= len(moments) <= top_k
+  from helpers import SMALL_SYNTHETIC
+  assert top_k == 10 and len(moments) == min(top_k, SMALL_SYNTHETIC["num_val_videos"])  # one per top video
+  assert [m["rank"] for m in moments] == list(range(1, len(moments) + 1))
+  assert len({m["vid_name"] for m in moments}) == len(moments)
   assert all(m["st"] <= m["ed"] for m in moments)

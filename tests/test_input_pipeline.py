@@ -7,8 +7,9 @@ import pytest
 
 from hammer_jax.data import input_pipeline as ip
 from hammer_jax.data import prepared_data
+from helpers import pipeline_spec
 
-SPEC = ip.PipelineSpec(max_frames=32, max_query_len=16, clip_len=4, num_negatives=3, shuffle_buffer=16)
+SPEC = pipeline_spec(max_frames=32, max_query_len=16, clip_len=4, num_negatives=3, shuffle_buffer=16)
 
 
 def _train(data, **kw):
@@ -76,7 +77,7 @@ def test_mlm_masking_statistics():
   for i, n in enumerate(lens):
     ids[i, 0], ids[i, 1:n - 1], ids[i, n - 1] = 101, rng.integers(2000, 3000, size=n - 2), 102
   mask = (ids != 0).astype(np.int32)
-  spec = ip.PipelineSpec(max_frames=8, max_query_len=length, clip_len=4, max_mlm_predictions=3)
+  spec = pipeline_spec(max_frames=8, max_query_len=length, clip_len=4, max_mlm_predictions=3)
   out = ip.mask_tokens(ids, mask, np.random.default_rng(1), spec, special, 30522)
   pos, tgt, w = out["mlm_positions"], out["mlm_targets"], out["mlm_weights"]
   counts = w.sum(1).astype(int)
@@ -152,7 +153,7 @@ def test_epoch_covers_every_query_once_and_resume_is_exact(synthetic_prepared):
 
 
 def test_truncation_keeps_sep_and_clamps_labels(synthetic_prepared):
-  spec = ip.PipelineSpec(max_frames=6, max_query_len=5, clip_len=3, shuffle_buffer=4)
+  spec = pipeline_spec(max_frames=6, max_query_len=5, clip_len=3, shuffle_buffer=4)
   batch = next(_train(synthetic_prepared, spec=spec))
   sep = synthetic_prepared.manifest["special_token_ids"]["sep"]
   lengths = batch["query_mask"].sum(1)

@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -82,8 +81,9 @@ def test_mlm_loss_clip_level_and_frame_level():
 
 
 def _loss_config(**overrides):
-  c = ml_collections.ConfigDict(dict(vr_weight=1.0, tl_weight=5.0, mlm_weight=0.1, use_vr=True, use_tl=True,
-                                     use_frame_mlm=True, use_clip_mlm=True))
+  """configs/base.py's `loss` (the paper's weights: 1 : 5 : 0.1, every objective on) with overrides."""
+  from configs import base
+  c = base.get_base_config().loss
   c.update(overrides)
   return c
 
@@ -174,7 +174,7 @@ def test_dual_encoder_off_is_the_papers_loss_and_model():
   """The switch off (paper configs): no dual-encoder parameters, no term, total = Eq. 14."""
   import jax
   from configs import tvr
-  from hammer_jax.model import hammer
+  from hammer_jax.model import build
   from helpers import SUBTITLE_DIM, VIDEO_DIM, random_batch, tiny_model_config
   outputs, batch = _outputs_and_batch()
   assert tvr.get_config().loss.use_dual_encoder is False
@@ -185,9 +185,9 @@ def test_dual_encoder_off_is_the_papers_loss_and_model():
   c = tiny_model_config()
   for on in (False, True):
     c.loss.use_dual_encoder = on
-    model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
+    model = build.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
     batch2 = random_batch(c, 2)
-    params = jax.eval_shape(lambda: hammer.init_random_params(model, jax.random.key(0), batch2))
+    params = jax.eval_shape(lambda: build.init_random_params(model, jax.random.key(0), batch2))
     assert ("dual_encoder" in params["params"]) == on
     out = jax.eval_shape(lambda p: model.apply(p, batch2), params)
     assert ("query_embedding" in out) == on

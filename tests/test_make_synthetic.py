@@ -217,7 +217,8 @@ def _state(out):
 
 def test_interrupted_write_leaves_no_final_partial_file(tmp_path, monkeypatch, capsys):
   out = str(tmp_path / "corpus")
-  orig, calls = ms._atomic_write, []
+  from hammer_jax import files
+  orig, calls = files.atomic_write_with, []
 
   def crash_on_second(path, write):
     calls.append(os.path.basename(path))
@@ -230,10 +231,10 @@ def test_interrupted_write_leaves_no_final_partial_file(tmp_path, monkeypatch, c
       raise OSError("simulated crash")
     return orig(path, partial)
 
-  monkeypatch.setattr(ms, "_atomic_write", crash_on_second)
+  monkeypatch.setattr(files, "atomic_write_with", crash_on_second)
   with pytest.raises(OSError, match="simulated crash"):
     ms.make_synthetic_corpus(out, verbose=False, **SMALL)
-  monkeypatch.setattr(ms, "_atomic_write", orig)
+  monkeypatch.setattr(files, "atomic_write_with", orig)
   left = os.listdir(out)
   assert calls[0] in left and calls[1] not in left and ms.MANIFEST not in left, left
   assert not [n for n in left if ".tmp-" in n], left

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from hammer_jax.model import flops, hammer, losses
+from hammer_jax.model import flops, build, hammer, losses
 from hammer_jax.model.hammer import Hammer
 from helpers import SUBTITLE_DIM, VIDEO_DIM, fast_jit, quick_params, random_batch, tiny_model_config
 
@@ -27,7 +27,7 @@ def _setup(flat: bool):
   c = tiny_model_config(flat=flat, max_frames=24, max_query_len=12)
   big = random_batch(c, 4, pad_frames_to=24, pad_query_to=12, **LENGTHS)
   small = random_batch(c, 4, pad_frames_to=16, pad_query_to=8, **LENGTHS)
-  model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
+  model = build.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
   params = quick_params(model, big)
   forward = fast_jit(lambda p, b: model.apply(p, b, deterministic=True))
   return c, model, params, forward, big, small
@@ -38,8 +38,8 @@ def _setup(flat: bool):
 def test_output_shapes(flat, subtitles):
   c = tiny_model_config(flat=flat, subtitles=subtitles)
   b = random_batch(c, batch_size=3)
-  model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
-  params = jax.eval_shape(lambda r: hammer.init_random_params(model, r, b), jax.random.PRNGKey(0))
+  model = build.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
+  params = jax.eval_shape(lambda r: build.init_random_params(model, r, b), jax.random.PRNGKey(0))
   out = jax.eval_shape(lambda p: model.apply(p, b), params)
   f, k, p, j, vocab = 16, 1 if flat else 4, 3, 2, 64
   expected = {"vr_score": (3,), "vr_scores": (3, 1 + j), "clip_mask": (3, k),
@@ -137,7 +137,7 @@ def test_split_forward_matches_call():
 def test_ablation_variants(overrides):
   c = tiny_model_config(**overrides)
   b = random_batch(c, 3, seed=2)
-  model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
+  model = build.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
   params = quick_params(model, b, std=0.2)  # Large weights: the query's effect is far above rounding.
   p = params["params"]
   if overrides.get("share_encoders"):
@@ -165,7 +165,7 @@ def test_ablation_variants(overrides):
 def test_bfloat16_runs_and_is_close_to_float32():
   c, _, params, forward, b, _ = _setup(False)
   c16 = tiny_model_config(max_frames=24, max_query_len=12, dtype="bfloat16")
-  model16 = hammer.create_model(c16, VIDEO_DIM, SUBTITLE_DIM)
+  model16 = build.create_model(c16, VIDEO_DIM, SUBTITLE_DIM)
   out = jax.device_get(forward(params, b))
   out16 = jax.device_get(fast_jit(lambda p, b: model16.apply(p, b))(params, b))  # Same float32 params.
   for key in ("vr_scores", "start_log_scores", "frame_log_probs", "clip_log_probs", "frame_mlm_logits"):
@@ -189,8 +189,8 @@ def test_flops_match_xla_cost_analysis(overrides):
   c.model.bert.intermediate_size = 256
   c.model.bert.hidden_act = "relu"
   b = random_batch(c, 4)
-  model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
-  params = jax.eval_shape(lambda r: hammer.init_random_params(model, r, b), jax.random.PRNGKey(0))
+  model = build.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
+  params = jax.eval_shape(lambda r: build.init_random_params(model, r, b), jax.random.PRNGKey(0))
   xla = fast_jit(lambda p, x: model.apply(p, x)).lower(params, b).compile().cost_analysis()["flops"]
   ours = flops.flops_per_example(c, VIDEO_DIM, SUBTITLE_DIM)
   ratio = xla / (4 * ours["forward"])
@@ -209,10 +209,10 @@ def test_minilm_text_branches_equal_bert_first_layers():
                      [101, 2016, 2003, 5870, 102, 0, 0, 0, 0, 0, 0, 0]], np.int32)
   mask = (tokens > 0).astype(np.int32)
   b = dict(random_batch(c, 2), query_ids=tokens, query_mask=mask)
-  model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
+  model = build.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
   assert model.config.bert.hidden_size == 384 and model.config.bert.num_heads == 12
-  random = fast_jit(lambda r: hammer.init_random_params(model, r, b))(jax.random.PRNGKey(0))
-  params = hammer.load_pretrained_text(random, c)  # What init_params does after the random init.
+  random = fast_jit(lambda r: build.init_random_params(model, r, b))(jax.random.PRNGKey(0))
+  params = build.load_pretrained_text(random, c)  # What init_params does after the random init.
   parts = fast_jit(lambda p: model.apply(p, tokens, mask, method=Hammer.encode_query))(params)
   bert_cfg, ckpt = load_bert_checkpoint("minilm", num_layers=5)
   _, layers = BertModel(bert_cfg, 5).apply({"params": ckpt}, tokens, mask)
@@ -231,7 +231,7 @@ def _train_setup():
   """HAMMER with ASR, every objective on, no dropout; a jitted Adam step."""
   c = tiny_model_config(dropout_rate=0.0)
   b = random_batch(c, 4, seed=5)
-  model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
+  model = build.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
   # std 0.1 ~ 1/sqrt(d) for d = 32: with BERT's 0.02 (tuned for d = 768) the tiny
   # model's VR scores start nearly equal and VR only starts falling after ~100 steps.
   params = quick_params(model, b, seed=1, std=0.1)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from multihost import run_processes
+from helpers import pipeline_spec
 
 
 def read_parts(out_path, prepared_dir):
@@ -14,7 +15,7 @@ def read_parts(out_path, prepared_dir):
   from hammer_jax.data import input_pipeline as ip
   from hammer_jax.data import prepared_data
   data = prepared_data.open_prepared(prepared_dir)
-  spec = ip.PipelineSpec(max_frames=32, max_query_len=16, clip_len=4, shuffle_buffer=8)
+  spec = pipeline_spec(max_frames=32, max_query_len=16, clip_len=4, shuffle_buffer=8)
   mesh = Mesh(np.array(jax.devices()), ("data",))
   local = 4
   offset = ip.local_batch_offset(mesh, local * jax.process_count())

@@ -1,5 +1,6 @@
 """Training: schedule, configs, loss falls, kill -9 / SIGTERM resume, NaN guard."""
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from configs import activitynet, base, tvr
 from helpers import REPO_ROOT, checkpoint_steps, read_scalars, restored_params, tiny_config
 from hammer_jax import workdir as workdirs
 from hammer_jax.data import input_pipeline
-from hammer_jax.model import hammer
+from hammer_jax.model import build
 from hammer_jax.train import diagnostics, loop, optimizer
 from hammer_jax.train import state as ts
 
@@ -110,9 +111,10 @@ def test_batch_must_divide_over_devices():
 
 
 def test_tiny_training_loss_falls_on_eight_devices(synthetic_prepared, tmp_path):
+  """Also the periodic evaluation: validation loss and corpus retrieval on the first 6 val queries."""
   c = tiny_config(synthetic_prepared.path, **{"optim.num_steps": 60, "optim.lr": 3e-3,
-                                               "log_every_steps": 10, "eval.every_steps": 60,
-                                               "eval.max_queries_during_training": 0,
+                                               "log_every_steps": 10, "eval.every_steps": 30,
+                                               "eval.max_queries_during_training": 6,
                                                "checkpoint_every_steps": 60})
   state = loop.train_and_evaluate(c, str(tmp_path))
   assert len(jax.devices()) == 8 and int(state.step) == 60
@@ -120,9 +122,31 @@ def test_tiny_training_loss_falls_on_eight_devices(synthetic_prepared, tmp_path)
   assert sorted(loss) == [1, 10, 20, 30, 40, 50, 60]
   # Windows of 10 steps: the last two average at least 10% below the first two.
   assert (loss[50] + loss[60]) / 2 < 0.9 * (loss[1] + loss[10]) / 2, loss
+  assert sorted(read_scalars(str(tmp_path), "val_loss")) == [30, 60]
   assert np.isfinite(read_scalars(str(tmp_path), "val_loss")[60])
+  for step in (30, 60):
+    sub = json.load(open(tmp_path / "eval" / f"periodic_step{step}" / "predictions.json"))
+    assert len(sub["VCMR"]) == len(sub["VR"]) == 6
+    metrics = json.load(open(tmp_path / "eval" / f"periodic_step{step}" / "metrics.json"))
+    assert read_scalars(str(tmp_path), "eval/VR/r1")[step] == metrics["VR"]["r1"]
+    assert read_scalars(str(tmp_path), "eval/TL/mIoU")[step] == pytest.approx(metrics["TL"]["mIoU"])
   assert os.path.exists(os.path.join(tmp_path, "config.json"))
   assert workdirs.load_config(str(tmp_path)).optim.num_steps == 60
+
+
+def test_the_whole_config_goes_to_tensorboard_as_hparams():
+  c = tiny_config()
+  flat = loop.hparams(c)
+  leaves = []
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      (walk(f"{prefix}{key}.", value) if hasattr(value, "items") else leaves.append(f"{prefix}{key}"))
+
+  walk("", c)
+  assert set(flat) == set(leaves)
+  assert flat["optim.lr"] == c.optim.lr and flat["model.bert.hidden_size"] == 32
+  assert flat["data.synthetic.num_train_videos"] == 40 and flat["optim.decay_boundaries"] == "(0.5, 0.75)"
 
 
 def _main_cmd(workdir, prepared, *flags):
@@ -169,6 +193,8 @@ def test_sigterm_saves_the_current_step(synthetic_prepared, tmp_path):
   assert "Preempted" in seen
   steps = checkpoint_steps(tmp_path)
   assert len(steps) == 1 and 3 <= steps[0] < 400
+  # Each logged step is one console line (the TensorBoard writer prints nothing of its own).
+  assert seen.count("step 2/400  loss") == 1 and "grad_norm=" not in seen
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthetic_prepared, tmp_path,
@@ -204,7 +230,7 @@ def test_objective_grad_norms_equal_each_weighted_objectives_own_gradient():
   from helpers import tiny_model_config as model_tiny_config
   c = model_tiny_config()
   c.loss.use_dual_encoder = True
-  model = hammer.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
+  model = build.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
   batch = random_batch(c, 4)
   params = quick_params(model, batch)["params"]
   mesh = Mesh(np.array(jax.devices()[:1]), (ts.DATA_AXIS,))
@@ -224,7 +250,7 @@ def test_objective_grad_norms_equal_each_weighted_objectives_own_gradient():
   for name, grads in direct(params).items():
     for group in diagnostics.SHARED_GROUPS:
       leaves = [g for path, g in jax.tree_util.tree_leaves_with_path(grads)
-                if hammer.parameter_group([k.key for k in path]) == group]
+                if build.parameter_group([k.key for k in path]) == group]
       want = np.sqrt(sum(float(np.sum(np.square(g))) for g in leaves))
       np.testing.assert_allclose(got[f"grad/{name}/{group}"], want, rtol=2e-3, atol=1e-6)
   # The dual-encoder head reads no cross-modal layer: it sends nothing there; TL shapes every group.

@@ -16,13 +16,13 @@ def _train_on(batch_np, prepared_dir):
   from hammer_jax.data import input_pipeline
   from hammer_jax.train import optimizer, loop as train
   from hammer_jax.train import state as ts
-  from hammer_jax.model import hammer
+  from hammer_jax.model import build
   from hammer_jax.data import prepared_data
   config = demo.get_config("tiny")
   config.data.prepared_dir = prepared_dir
   data = prepared_data.open_prepared(prepared_dir)
   mesh = ts.create_mesh()
-  model = hammer.create_model(config, data.video_dim, data.subtitle_dim)
+  model = build.create_model(config, data.video_dim, data.subtitle_dim)
   tx = optimizer.make_optimizer(config.optim)
   _, _, shardings = ts.abstract_train_state(model, config, tx, data.video_dim, data.subtitle_dim, mesh)
   state = ts.init_train_state(model, config, tx, data.video_dim, data.subtitle_dim, mesh, jax.random.key(0))

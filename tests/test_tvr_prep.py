@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from helpers import SHARED_DIR
+from helpers import pipeline_spec, SHARED_DIR
 from data_prep.tvr import prepare_tvr
 from hammer_jax.data import input_pipeline as ip
 from hammer_jax.data import prepared_data
@@ -77,7 +77,7 @@ def test_repairs_counted_as_the_data_has_them(tvr_prepared):
 
 def test_features_equal_what_went_in(tvr_prepared):
   data, manifest, _, video2dur = tvr_prepared
-  spec = ip.PipelineSpec(max_frames=128, max_query_len=30, clip_len=16)
+  spec = pipeline_spec(max_frames=128, max_query_len=30, clip_len=16)
   names = {v: k for k, v in manifest["video2idx"]["val"].items()}
   assert all(video2dur["val"][n][1] == idx for idx, n in names.items())
   all_names = sorted(set(video2dur["val"]) | set(video2dur["test_public"]))
@@ -103,7 +103,7 @@ def test_features_equal_what_went_in(tvr_prepared):
 def test_one_epoch_labels_consistent(tvr_prepared):
   data, _, lines, _ = tvr_prepared
   by_id = {r["desc_id"]: r for r in lines}
-  spec = ip.PipelineSpec(max_frames=96, max_query_len=30, clip_len=16, shuffle_buffer=64)
+  spec = pipeline_spec(max_frames=96, max_query_len=30, clip_len=16, shuffle_buffer=64)
   it = ip.TrainBatches(data, "val", spec, local_batch_size=5, seed=0, process_index=0, process_count=1)
   assert it.num_examples == 10895
   seen = set()

@@ -38,16 +38,16 @@ class ShardError(IOError):
 
 @dataclasses.dataclass(frozen=True)
 class PipelineSpec:
-  """What the pipeline needs from `config.data` (see configs/base.py)."""
+  """What the pipeline needs from `config.data` (defaults: configs/base.py)."""
   max_frames: int
   max_query_len: int
   clip_len: int
-  num_negatives: int = 3
-  mlm_probability: float = 0.15
-  max_mlm_predictions: int = 5
-  mlm_seed: int = 1
-  shuffle_buffer: int = 256
-  use_subtitles: bool = True
+  num_negatives: int
+  mlm_probability: float
+  max_mlm_predictions: int
+  mlm_seed: int
+  shuffle_buffer: int
+  use_subtitles: bool
 
   @classmethod
   def from_config(cls, data_config) -> "PipelineSpec":

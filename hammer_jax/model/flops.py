@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 
-from hammer_jax.model.hammer import ModelConfig, model_config
+from hammer_jax.model.build import model_config
+from hammer_jax.model.hammer import ModelConfig
 
 
 def _layer(d: int, ff: int, tokens: int, context: int) -> int:

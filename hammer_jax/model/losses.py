@@ -155,10 +155,10 @@ def hammer_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], loss_c
     total = total + loss_config.vr_weight * terms["vr"]
   if loss_config.use_tl:
     terms["tl"], parts = tl_loss(outputs, batch, example_weights,
-                                 loss_config.get("frame_loss_reduction", "sum"))
+                                 loss_config.frame_loss_reduction)
     terms.update(parts)
     total = total + loss_config.tl_weight * terms["tl"]
-  if loss_config.get("use_dual_encoder", False) and "query_embedding" in outputs:
+  if loss_config.use_dual_encoder and "query_embedding" in outputs:
     terms["dual_encoder"] = dual_encoder_loss(outputs["query_embedding"], outputs["clip_embeddings"],
                                               outputs["embedding_clip_mask"], batch["video_index"],
                                               example_weights, outputs["embedding_scale"])

@@ -19,7 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from hammer_jax.model import hammer, losses
+from hammer_jax.model import build, losses
 from hammer_jax.train import state as ts
 
 
@@ -56,7 +56,7 @@ def make_objective_grad_norms(model, config, state_shardings, mesh):
   """Jitted (params, batch, rng) -> {"grad/<objective>/<group>": norm}.
 
   The norm of the gradient that each weighted objective of Eq. 14 sends into each
-  shared parameter group (`hammer.parameter_group`: text, video, cross_modal).
+  shared parameter group (`build.parameter_group`: text, video, cross_modal).
   One forward and one backward per objective, so training runs it on logged steps
   only. An objective whose gradient into the video and cross-modal groups is ~0
   is not shaping the representation it reads (docs/training_dynamics.md).
@@ -72,7 +72,7 @@ def make_objective_grad_norms(model, config, state_shardings, mesh):
     outputs, pullback, rest = jax.vjp(forward, params, has_aux=True)
     _, terms = losses.hammer_loss(dict(outputs, **rest), batch, loss_config)
     groups = jax.tree_util.tree_map_with_path(
-        lambda path, _: hammer.parameter_group([getattr(k, "key", str(k)) for k in path]), params)
+        lambda path, _: build.parameter_group([getattr(k, "key", str(k)) for k in path]), params)
     norms = {}
     for name, weight in OBJECTIVE_WEIGHTS.items():
       if name not in terms:

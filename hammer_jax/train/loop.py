@@ -24,7 +24,7 @@ from absl import logging
 
 from hammer_jax import workdir as workdirs
 from hammer_jax.data import input_pipeline, prepared_data
-from hammer_jax.model import hammer, losses, pretrained
+from hammer_jax.model import build, hammer, losses, pretrained
 from hammer_jax.train import checkpointing, diagnostics, optimizer
 from hammer_jax.train import state as ts
 
@@ -166,7 +166,7 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   check_data_fits(data, config)
   spec = input_pipeline.PipelineSpec.from_config(config.data)
 
-  model = hammer.create_model(config, data.video_dim, data.subtitle_dim)
+  model = build.create_model(config, data.video_dim, data.subtitle_dim)
   schedule = optimizer.learning_rate_schedule(config.optim)
   tx = optimizer.make_optimizer(config.optim)
   _, abstract, shardings = ts.abstract_train_state(model, config, tx, data.video_dim, data.subtitle_dim, mesh)
@@ -240,7 +240,7 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
       values = evaluate(final, state.params, writer, step, out_dir, f"eval_{config.data.eval_split}")
       if jax.process_index() == 0 and values:
         from hammer_jax.retrieval import evaluator, report
-        print(report.final_summary(workdir, data, config.data.eval_split, step, evaluator.nested(values), out_dir))
+        print(report.final_summary(workdir, data, config.data.eval_split, step, evaluator.nested(values.items()), out_dir))
   finally:
     ckpt.close()
     preemption.close()

@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import optax
 
-from hammer_jax.model.hammer import is_pretrained_path
+from hammer_jax.model.build import is_pretrained_path
 
 
 def parameter_groups(params: Any) -> Any:
@@ -57,7 +57,7 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
     parts.append(optax.adamw(schedule, weight_decay=optim_config.weight_decay))
   else:
     parts.append(optax.adam(schedule))
-  multiplier = float(optim_config.get("new_layer_lr_multiplier", 1.0))
+  multiplier = float(optim_config.new_layer_lr_multiplier)
   if multiplier != 1.0:
     # Scaling Adam's update is scaling the rate (weight decay included) for that group.
     parts.append(optax.multi_transform({"pretrained": optax.identity(), "new": optax.scale(multiplier)},

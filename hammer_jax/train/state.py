@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hammer_jax.model import hammer
+from hammer_jax.model import build, hammer
 
 DATA_AXIS = "data"
 
@@ -43,7 +43,8 @@ def check_batch_size(global_batch: int, mesh: Mesh) -> int:
   n = mesh.devices.size
   if global_batch % n:
     raise ValueError(f"global batch size {global_batch} does not divide over {n} devices "
-                     f"(config.optim.batch_size / config.eval.batch_size must be a multiple of {n})")
+                     f"(config.optim.batch_size must be a multiple of {n}; evaluation rounds "
+                     f"config.eval.batch_size to a multiple itself)")
   return global_batch // jax.process_count()
 
 
@@ -63,10 +64,10 @@ def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
 def abstract_train_state(model: hammer.Hammer, config, tx: optax.GradientTransformation,
                          video_dim: int, subtitle_dim: int, mesh: Mesh):
   """(init function, abstract state with shardings, shardings) without allocating anything."""
-  example = hammer.dummy_batch(config, video_dim, subtitle_dim, batch_size=1)
+  example = build.dummy_batch(config, video_dim, subtitle_dim, batch_size=1)
 
   def init(rng):
-    params = hammer.init_random_params(model, rng, example)["params"]
+    params = build.init_random_params(model, rng, example)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   shapes = jax.eval_shape(init, jax.random.key(0))
@@ -80,6 +81,6 @@ def init_train_state(model, config, tx, video_dim: int, subtitle_dim: int, mesh:
   """A fresh, sharded state; text branches from the configured BERT checkpoint."""
   init, _, shardings = abstract_train_state(model, config, tx, video_dim, subtitle_dim, mesh)
   state = jax.jit(init, out_shardings=shardings)(rng)
-  params = hammer.load_pretrained_text(state.params, config)
+  params = build.load_pretrained_text(state.params, config)
   # Adam's moments start at zero whatever the params are, so they need no reload.
   return state.replace(params=params)
