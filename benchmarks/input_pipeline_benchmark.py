@@ -154,7 +154,8 @@ def main(argv):
   import jax
   import tensorflow as tf  # Imported before any timer: TF start-up is not pipeline cost.
   from hammer_jax.data.input_pipeline import (PipelineSpec, eval_video_batches, make_global_batch,
-                                         mask_tokens, sample_negatives, TrainBatches)
+                                         TrainBatches)
+  from hammer_jax.data.sampling import mask_tokens, sample_negatives
   from hammer_jax.data.prepared_data import open_prepared
   del tf
   logging.set_verbosity(logging.ERROR)  # TFDS logs INFO/deprecation lines per builder and video.

@@ -26,57 +26,66 @@ SPLIT_FILES = {"train": "train.json", "val_1": "val_1.json", "val_2": "val_2.jso
 def prepare_activitynet(out_dir: str, *, annotation_dir: str = "", split_files: dict[str, str] | None = None,
                         video_feature: str, text_checkpoint: str = pretrained.DEFAULT_CHECKPOINT,
                         max_frames: int = 128, max_query_len: int = 64, videos_per_shard: int = 256,
-                        missing_videos: str = "error") -> dict[str, Any]:
+                        missing_videos: str = "error", overwrite: bool = False) -> dict[str, Any]:
   """Converts ActivityNet Captions; returns the `prepared.json` manifest."""
   files = annotations.annotation_files(annotation_dir, split_files, SPLIT_FILES)
   ckpt = pretrained.resolve_checkpoint_dir(text_checkpoint, need_weights=False)
   tokenizer = pretrained.load_tokenizer(ckpt)
   feats = features.FeatureFile(video_feature, "video")
 
-  parsed: dict[str, tuple[list[VideoEntry], list[Query], RepairLog]] = {}
-  for split, path in files.items():
-    log = RepairLog()
-    queries = annotations.read_activitynet_json(path, log)
-    by_video: dict[str, list[Query]] = {}
-    for q in queries:
-      by_video.setdefault(q.vid_name, []).append(q)
-    names = list(by_video)
-    if missing_videos == "drop":
-      for n in [n for n in names if n not in feats]:
-        log.drop("video missing from the feature file", n)
-        for q in by_video[n]:
-          log.drop("query of a dropped video", f"{n} desc_id {q.desc_id}")
-      names = [n for n in names if n in feats]
-    entries = [VideoEntry(n, i, by_video[n][0].duration, by_video[n]) for i, n in enumerate(names)]
-    if split == "train":
-      entries = records.shuffled_for_training(entries)
-    queries = [q for e in entries for q in e.queries]
-    annotations.tokenize_queries(queries, tokenizer, max_query_len)
-    parsed[split] = (entries, queries, log)
+  def convert() -> dict[str, Any]:
+    parsed: dict[str, tuple[list[VideoEntry], list[Query], RepairLog]] = {}
+    for split, path in files.items():
+      log = RepairLog()
+      queries = annotations.read_activitynet_json(path, log)
+      by_video: dict[str, list[Query]] = {}
+      for q in queries:
+        by_video.setdefault(q.vid_name, []).append(q)
+      names = list(by_video)
+      if missing_videos == "drop":
+        for n in [n for n in names if n not in feats]:
+          log.drop("video missing from the feature file", n)
+          for q in by_video[n]:
+            log.drop("query of a dropped video", f"{n} desc_id {q.desc_id}")
+        names = [n for n in names if n in feats]
+      entries = [VideoEntry(n, i, by_video[n][0].duration, by_video[n]) for i, n in enumerate(names)]
+      if split == "train":
+        entries = records.shuffled_for_training(entries)
+      queries = [q for e in entries for q in e.queries]
+      parsed[split] = (entries, queries, log)
 
-  all_names = sorted({e.vid_name for entries, _, _ in parsed.values() for e in entries})
-  video_dim = features.check_videos(feats, all_names)
+    all_names = sorted({e.vid_name for entries, _, _ in parsed.values() for e in entries})
+    video_dim = features.check_videos(feats, all_names)
 
-  def load_video(entry: VideoEntry, log: RepairLog):
-    raw = feats.read(entry.vid_name)
-    video = features.average_pool_rows(raw, max_frames)
-    if video.shape[0] < raw.shape[0]:
-      log.repair(f"resampled to {max_frames} rows by average pooling", entry.vid_name)
-    return video, None, None, entry.duration / video.shape[0]
+    def load_video(entry: VideoEntry, log: RepairLog):
+      raw = feats.read(entry.vid_name)
+      video = features.average_pool_rows(raw, max_frames)
+      if video.shape[0] < raw.shape[0]:
+        log.repair(f"resampled to {max_frames} rows by average pooling", entry.vid_name)
+      return video, None, None, entry.duration / video.shape[0]
 
-  writer = PreparedWriter(
-      out_dir, source="activitynet", video_dim=video_dim, subtitle_dim=0,
-      checkpoint=pretrained.portable_name(text_checkpoint, ckpt),
-      vocab_sha256=pretrained.vocab_fingerprint(ckpt), videos_per_shard=videos_per_shard,
-      build_args={"files": files, "video_feature": video_feature, "max_frames": max_frames,
-                  "max_query_len": max_query_len, "missing_videos": missing_videos,
-                  "inputs": records.input_fingerprint([*files.values(), video_feature])})
-  for split, (entries, queries, log) in parsed.items():
-    writer.write_split(split, entries, queries, load_video, log, has_ground_truth=True)
-  feats.close()
-  return writer.finalize({"video2idx": {s: {e.vid_name: e.video_index for e in p[0]} for s, p in parsed.items()},
-                          "frame_seconds": None, "max_frames_prepared": max_frames,
-                          "max_query_len_prepared": max_query_len})
+    writer = PreparedWriter(
+        out_dir, source="activitynet", video_dim=video_dim, subtitle_dim=0,
+        checkpoint=pretrained.portable_name(text_checkpoint, ckpt),
+        vocab_sha256=pretrained.vocab_fingerprint(ckpt), videos_per_shard=videos_per_shard, splits=list(parsed),
+        overwrite=overwrite,
+        build_args={"files": files, "video_feature": video_feature, "max_frames": max_frames,
+                    "max_query_len": max_query_len, "missing_videos": missing_videos,
+                    "inputs": records.input_fingerprint([*files.values(), video_feature])})
+    if writer.up_to_date:
+      return dict(writer.up_to_date, up_to_date=True)
+    for _, queries, _ in parsed.values():
+      annotations.tokenize_queries(queries, tokenizer, max_query_len)
+    for split, (entries, queries, log) in parsed.items():
+      writer.write_split(split, entries, queries, load_video, log, has_ground_truth=True)
+    return writer.finalize({"video2idx": {s: {e.vid_name: e.video_index for e in p[0]} for s, p in parsed.items()},
+                            "frame_seconds": None, "max_frames_prepared": max_frames,
+                            "max_query_len_prepared": max_query_len})
+
+  try:
+    return convert()
+  finally:
+    feats.close()
 
 
 SPLIT_FLAGS = {"train": ("train_file", "train.json"), "val_1": ("val_1_file", "val_1.json"),

@@ -23,6 +23,7 @@ def define_common_flags(annotation_help: str, split_flags: dict[str, tuple[str, 
   flags.DEFINE_integer("max_query_len", 64, "Tokens kept per query at preparation ([CLS] and [SEP] included).")
   flags.DEFINE_integer("videos_per_shard", 256, "Videos per TFRecord shard.")
   flags.DEFINE_enum("missing_videos", "error", ["error", "drop"], "What to do with videos absent from the features.")
+  flags.DEFINE_bool("overwrite", False, "Replace an out_dir that holds other splits or is not a prepared dataset.")
 
 
 def common_args(f, split_flags: dict[str, tuple[str, str]]) -> dict[str, Any]:
@@ -30,7 +31,7 @@ def common_args(f, split_flags: dict[str, tuple[str, str]]) -> dict[str, Any]:
   return dict(out_dir=f.out_dir, annotation_dir=f.annotation_dir,
               split_files={split: getattr(f, flag) for split, (flag, _) in split_flags.items() if getattr(f, flag)},
               text_checkpoint=f.text_checkpoint, max_query_len=f.max_query_len, videos_per_shard=f.videos_per_shard,
-              missing_videos=f.missing_videos)
+              missing_videos=f.missing_videos, overwrite=f.overwrite)
 
 
 def main(define_flags: Callable[[], None], prepare: Callable[[Any], dict]) -> None:

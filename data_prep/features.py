@@ -37,10 +37,23 @@ class FeatureFile:
   def __contains__(self, name: str) -> bool:
     return name in self._h5 if self._h5 is not None else name in self._names
 
-  def shape(self, name: str) -> tuple[int, ...]:
+  def _meta(self, name: str):
     if self._h5 is not None:
-      return tuple(self._h5[name].shape)
-    return tuple(np.load(os.path.join(self.path, name + ".npy"), mmap_mode="r").shape)
+      return self._h5[name]
+    try:
+      return np.load(os.path.join(self.path, name + ".npy"), mmap_mode="r")
+    except (OSError, ValueError) as e:
+      raise DataError(os.path.join(self.path, name + ".npy"), f"video {name}", self.field,
+                      f"cannot read as .npy ({e})") from None
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(self._meta(name).shape)
+
+  def check_numeric(self, name: str) -> None:
+    """Refuses a dataset that does not hold numbers (strings, objects, compound types)."""
+    dtype = self._meta(name).dtype
+    if dtype.kind not in "fiub":
+      raise DataError(self.path, f"video {name}", self.field, f"holds {dtype} values, not numbers")
 
   def read(self, name: str) -> np.ndarray:
     """float32 `[rows, dim]` (or `[rows]` for masks), NaN/Inf rejected."""
@@ -71,6 +84,7 @@ def check_videos(source: FeatureFile, names: Sequence[str], *, expected_dim: int
   for name in names:
     if name not in source:
       raise DataError(source.path, f"video {name}", source.field, "video missing from the feature file")
+    source.check_numeric(name)
     shape = source.shape(name)
     if len(shape) != 2:
       raise DataError(source.path, f"video {name}", source.field, f"expected [rows, dim], got shape {shape}")
@@ -106,6 +120,10 @@ class VisualFeatures:
   def check(self, names: Sequence[str]) -> int:
     return sum(check_videos(f, names) for f in self.files)
 
+  def rows(self, name: str) -> int:
+    """Feature rows of a video (the common prefix of several files)."""
+    return min(f.shape(name)[0] for f in self.files)
+
   def read(self, name: str) -> tuple[np.ndarray, bool]:
     """Returns (`[rows, dim]` features, whether rows had to be truncated to agree)."""
     parts = [f.read(name) for f in self.files]
@@ -134,7 +152,13 @@ class SubtitleFeatures:
     present = [n for n in names if n in self.file]
     if not present:
       raise DataError(self.file.path, "<file>", "subtitle", "no video of the split is in the subtitle file")
-    return check_videos(self.file, present)
+    dim = check_videos(self.file, present)
+    for name in present:
+      mask_key = name + "-mask"
+      if mask_key in self.file:
+        self.file.check_numeric(mask_key)
+        _check_mask_shape(self.file.path, name, self.file.shape(mask_key), self.file.shape(name)[0])
+    return dim
 
   def read(self, name: str, rows: int, dim: int) -> tuple[np.ndarray, np.ndarray, str | None]:
     """Returns (`[rows, dim]` features, `[rows]` int32 mask, repair reason or None)."""
@@ -143,12 +167,11 @@ class SubtitleFeatures:
     feats = self.file.read(name)
     mask_key = name + "-mask"
     if mask_key in self.file:
-      mask = self.file.read(mask_key).reshape(-1)
+      mask = self.file.read(mask_key)
+      _check_mask_shape(self.file.path, name, mask.shape, feats.shape[0])
+      mask = mask.reshape(-1)
     else:
       mask = (np.abs(feats).sum(-1) > 0).astype(np.float32)
-    if mask.shape[0] != feats.shape[0]:
-      raise DataError(self.file.path, f"video {name}", "subtitle-mask",
-                      f"mask has {mask.shape[0]} rows, features {feats.shape[0]}")
     reason = None
     if feats.shape[0] != rows:
       reason = "subtitle rows differ from video rows: cut or zero-padded"
@@ -161,6 +184,13 @@ class SubtitleFeatures:
 
   def close(self):
     self.file.close()
+
+
+def _check_mask_shape(path: str, name: str, shape: tuple[int, ...], rows: int) -> None:
+  """A subtitle mask is [rows] (or [rows, 1]) for features of `rows` rows."""
+  if tuple(shape) not in ((rows,), (rows, 1)):
+    raise DataError(path, f"video {name}", "subtitle-mask",
+                    f"mask has shape {tuple(shape)}, expected ({rows},) for the {rows} feature rows")
 
 
 def average_pool_rows(x: np.ndarray, max_rows: int) -> np.ndarray:

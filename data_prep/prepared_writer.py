@@ -8,8 +8,15 @@ shards are written here, each atomically (temp file + rename, then a progress
 record), and `tfds.folder_dataset.write_metadata` makes both folders ordinary
 TFDS datasets that `tfds.builder_from_directory` and tf.data read.
 
-A re-run with the same arguments skips every finished shard; a re-run with
-different arguments (another tokenizer, other feature files) rewrites the split.
+A prepared dataset is replaced whole or not at all. Everything is written into
+a staging folder beside it (`<out_dir>.building`); only when every split is
+complete does the staging folder take the place of `out_dir` (two renames; a
+crash between them is repaired by the next run). So a failed or interrupted
+re-run leaves the previous dataset byte-identical and loadable, and the staging
+folder keeps the finished shards: a re-run with the same arguments continues
+where it stopped, and a re-run of a complete, up-to-date dataset does nothing.
+A run that prepares other splits than the folder holds is refused (it would
+otherwise drop or mix splits) unless `overwrite` says to replace it.
 `prepared.json` is written last, so its presence means the data is complete.
 """
 
@@ -26,7 +33,7 @@ import numpy as np
 
 from data_prep import records
 from hammer_jax import files
-from data_prep.records import Query, RepairLog, VideoEntry
+from data_prep.records import DataError, Query, RepairLog, VideoEntry
 from hammer_jax.model import pretrained
 
 # (video [rows, dim], subtitle [rows, sdim] | None, subtitle_mask [rows] | None, frame_seconds)
@@ -37,12 +44,32 @@ def _shard_name(dataset: str, split: str, index: int, count: int) -> str:
   return f"{dataset}-{split}.tfrecord-{index:05d}-of-{count:05d}"
 
 
+def _refuse(out_dir: str, problem: str):
+  return DataError(out_dir, "<folder>", "out_dir", problem)
+
+
+def existing_manifest(out_dir: str) -> dict[str, Any] | None:
+  """The manifest of a complete prepared dataset at `out_dir`, or None."""
+  path = os.path.join(out_dir, "prepared.json")
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
 class PreparedWriter:
-  """Writes the `videos` and `queries` datasets of one source into `out_dir`."""
+  """Writes the `videos` and `queries` datasets of one source, then puts them at `out_dir` whole.
+
+  After construction, `up_to_date` is the manifest of an identical complete
+  dataset already at `out_dir` (nothing to write), else None.
+  """
 
   def __init__(self, out_dir: str, *, source: str, video_dim: int, subtitle_dim: int,
-               checkpoint: str, vocab_sha256: str, build_args: dict[str, Any],
-               videos_per_shard: int = 256, queries_per_shard: int = 50_000):
+               checkpoint: str, vocab_sha256: str, build_args: dict[str, Any], splits: list[str],
+               videos_per_shard: int = 256, queries_per_shard: int = 50_000, overwrite: bool = False):
     self.out_dir = os.path.abspath(out_dir)
     self.source, self.video_dim, self.subtitle_dim = source, video_dim, subtitle_dim
     self.checkpoint, self.vocab_sha256 = checkpoint, vocab_sha256
@@ -50,24 +77,38 @@ class PreparedWriter:
     self.videos_per_shard, self.queries_per_shard = videos_per_shard, queries_per_shard
     self.video_spec = records.video_features(video_dim, subtitle_dim)
     self.query_spec = records.query_features()
-    self.dirs = {name: os.path.join(self.out_dir, name, records.DATASET_VERSION)
-                 for name in ("videos", "queries")}
+    self.build_id = hashlib.sha256(json.dumps(
+        {"source": source, "dims": [video_dim, subtitle_dim], "vocab": vocab_sha256, "args": build_args,
+         "splits": sorted(splits), "videos_per_shard": videos_per_shard, "format": records.PREPARED_FORMAT_VERSION},
+        sort_keys=True).encode()).hexdigest()
+    self.staging = self.out_dir + ".building"
+    _check_out_dir(self.out_dir)
+    _recover_interrupted_swap(self.out_dir)
+    existing = existing_manifest(self.out_dir)
+    self.up_to_date = existing if existing and existing.get("build_id") == self.build_id else None
+    if self.up_to_date:
+      return
+    if existing and sorted(existing["splits"]) != sorted(splits) and not overwrite:
+      raise _refuse(self.out_dir, f"holds a prepared {existing['source']} corpus with splits "
+                    f"{', '.join(sorted(existing['splits']))}; this run prepares {', '.join(sorted(splits))}: give "
+                    "every split again, choose another --out_dir, or --overwrite to replace it")
+    if existing is None and os.path.isdir(self.out_dir) and os.listdir(self.out_dir) and not overwrite:
+      raise _refuse(self.out_dir, "exists and is not a prepared dataset (no prepared.json); choose another "
+                    "--out_dir, or --overwrite to replace it")
+    # A staging folder of another build (other arguments or inputs) has nothing to resume.
+    id_file = os.path.join(self.staging, ".build_id")
+    if os.path.exists(self.staging) and not (os.path.exists(id_file) and open(id_file).read() == self.build_id):
+      shutil.rmtree(self.staging)
+    self.dirs = {name: os.path.join(self.staging, name, records.DATASET_VERSION) for name in ("videos", "queries")}
     for d in self.dirs.values():
       os.makedirs(d, exist_ok=True)
+    files.atomic_write(id_file, self.build_id)
     self.splits: dict[str, dict[str, Any]] = {}
-    # prepared.json means "complete": take it away while we write, and keep its
-    # content so splits prepared by an earlier run survive in the new manifest.
-    manifest_path = os.path.join(self.out_dir, "prepared.json")
-    previous_path = os.path.join(self.out_dir, ".progress", "prepared.previous.json")
-    os.makedirs(os.path.dirname(previous_path), exist_ok=True)
-    if os.path.exists(manifest_path):
-      os.replace(manifest_path, previous_path)
-    self.previous = json.load(open(previous_path)) if os.path.exists(previous_path) else None
 
   # -- one split -------------------------------------------------------------
 
   def _progress_dir(self, split: str) -> str:
-    return os.path.join(self.out_dir, ".progress", split)
+    return os.path.join(self.staging, ".progress", split)
 
   def _start_split(self, split: str, entries: list[VideoEntry], queries: list[Query]) -> str:
     """Returns the split's progress folder, cleared when the build arguments changed."""
@@ -115,6 +156,7 @@ class PreparedWriter:
     progress = self._start_split(split, entries, queries)
     n_shards = max(1, -(-len(entries) // self.videos_per_shard))
     frames_total, reused = 0, 0
+    rows, seconds = [], []  # Per video, in stored order: what training needs to know which moments fit.
     shard_log = RepairLog()
     bar = tqdm(total=len(entries), desc=f"{self.source} {split} videos", unit="video",
                file=sys.stderr, disable=None)
@@ -124,21 +166,28 @@ class PreparedWriter:
       if os.path.exists(done_file):
         done = json.load(open(done_file))
         frames_total += done["frames"]
+        rows += done["rows"]
+        seconds += done["frame_seconds"]
         shard_log.merge(done["log"])
         bar.update(len(chunk))
         reused += 1
         continue
       this_log = RepairLog()
-      serialized, frames = [], 0
+      serialized, frames, chunk_rows, chunk_seconds = [], 0, [], []
       for entry in chunk:
         video, sub, sub_mask, frame_seconds = load_video(entry, this_log)
         frames += video.shape[0]
+        chunk_rows.append(int(video.shape[0]))
+        chunk_seconds.append(float(frame_seconds))
         ex = records.video_example(entry, frame_seconds, video, sub, sub_mask)
         serialized.append(self.video_spec.serialize_example(ex))
         bar.update(1)
       self._write_shard("videos", split, s, n_shards, serialized)
-      files.atomic_write(done_file, json.dumps({"count": len(chunk), "frames": frames, "log": this_log.to_dict()}))
+      files.atomic_write(done_file, json.dumps({"count": len(chunk), "frames": frames, "rows": chunk_rows,
+                                                "frame_seconds": chunk_seconds, "log": this_log.to_dict()}))
       frames_total += frames
+      rows += chunk_rows
+      seconds += chunk_seconds
       shard_log.merge(this_log.to_dict())
     bar.close()
 
@@ -163,6 +212,8 @@ class PreparedWriter:
                                 for i in range(nq_shards)],
         "queries_per_video": [len(e.queries) for e in entries],
         "video_names": [e.vid_name for e in entries],  # in stored order: row i has video_index i
+        "video_rows": rows,
+        "video_frame_seconds": seconds,
         "repaired": dict(log.repaired),
         "dropped": dict(log.dropped),
         "examples": dict(log.examples),
@@ -173,28 +224,20 @@ class PreparedWriter:
   # -- the whole dataset -----------------------------------------------------
 
   def finalize(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Writes TFDS metadata for every split, then `prepared.json` (atomically, last)."""
+    """Writes TFDS metadata and `prepared.json` (last) into the staging folder, then swaps it in."""
     import tensorflow_datasets as tfds
-    manifest_path = os.path.join(self.out_dir, "prepared.json")
     manifest = {
         "format_version": records.PREPARED_FORMAT_VERSION,
+        "build_id": self.build_id,
         "source": self.source,
         "video_dim": self.video_dim,
         "subtitle_dim": self.subtitle_dim,
         "text_checkpoint": self.checkpoint,
         "vocab_sha256": self.vocab_sha256,
         "build_args": self.build_args,
-        "splits": {},
+        "splits": dict(self.splits),
         **pretrained.token_space(self.checkpoint),
     }
-    old = self.previous
-    if old and all(old.get(k) == manifest[k] for k in ("source", "video_dim", "subtitle_dim", "vocab_sha256")):
-      # Keep splits prepared by an earlier run with compatible settings whose shards are still there.
-      kept = {k: v for k, v in old["splits"].items()
-              if k not in self.splits and os.path.exists(os.path.join(self.dirs["videos"], _shard_name(
-                  "videos", k, 0, len(v["video_shard_lengths"]))))}
-      manifest["splits"].update(kept)
-    manifest["splits"].update(self.splits)
     manifest.update(extra or {})
     for dataset, spec, key in (("videos", self.video_spec, "video_shard_lengths"),
                                ("queries", self.query_spec, "query_shard_lengths")):
@@ -204,14 +247,53 @@ class PreparedWriter:
           data_dir=self.dirs[dataset], features=spec, split_infos=infos,
           filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", check_data=False,
           description=f"hammer_jax prepared {self.source} {dataset}")
-    files.atomic_write(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
+    shutil.rmtree(os.path.join(self.staging, ".progress"), ignore_errors=True)
+    os.remove(os.path.join(self.staging, ".build_id"))
+    files.atomic_write(os.path.join(self.staging, "prepared.json"), json.dumps(manifest, indent=1, sort_keys=True))
+    _swap_in(self.staging, self.out_dir)
     return manifest
+
+
+def _check_out_dir(out_dir: str) -> None:
+  """One line when `out_dir` cannot be a folder of ours (a file, an uncreatable or read-only place)."""
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise _refuse(out_dir, "is a file, not a folder")
+  parent = os.path.dirname(out_dir)
+  try:
+    os.makedirs(parent, exist_ok=True)
+  except OSError as e:
+    raise _refuse(out_dir, f"cannot create its folder {parent} ({e.strerror or e})") from None
+  if not os.access(parent, os.W_OK):
+    raise _refuse(out_dir, f"its folder {parent} is not writable")
+
+
+def _recover_interrupted_swap(out_dir: str) -> None:
+  """A crash between the two renames of `_swap_in` leaves `out_dir` missing and its old copy aside."""
+  parent, name = os.path.split(out_dir)
+  old = sorted(f for f in os.listdir(parent) if f.startswith(f"{name}.old-"))
+  for f in old:
+    path = os.path.join(parent, f)
+    if not os.path.exists(out_dir) and existing_manifest(path) is not None:
+      os.replace(path, out_dir)  # Put the complete previous dataset back.
+    else:
+      shutil.rmtree(path, ignore_errors=True)
+
+
+def _swap_in(staging: str, out_dir: str) -> None:
+  """The complete staging folder takes `out_dir`'s place; the previous dataset is then deleted."""
+  old = f"{out_dir}.old-{os.getpid()}"
+  if os.path.exists(out_dir):
+    os.replace(out_dir, old)
+  os.replace(staging, out_dir)
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def format_summary(manifest: dict[str, Any]) -> str:
   """Human-readable end-of-run summary: counts and repairs/drops with reasons."""
   lines = [f"Prepared {manifest['source']} data: video dim {manifest['video_dim']}, "
-           f"subtitle dim {manifest['subtitle_dim']}, vocabulary {manifest['vocab_sha256'][:12]}"]
+           f"subtitle dim {manifest['subtitle_dim']}, vocabulary {manifest['vocab_sha256'][:12]}"
+           + (" (already complete for these inputs and arguments: nothing written)" if manifest.get("up_to_date")
+              else "")]
   lines.append(f"{'split':<14}{'videos':>9}{'queries':>10}{'frames':>11}")
   for split, info in manifest["splits"].items():
     reused = info.get("video_shards_reused", 0)

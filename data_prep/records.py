@@ -41,6 +41,7 @@ class Query:
   duration: float = 0.0
   type: str = ""
   token_ids: np.ndarray | None = None  # int32 [n_tokens], [CLS] ... [SEP]
+  where: str = ""                       # its record in the annotation file ("line 12 (desc_id 3)"), for errors
 
 
 @dataclasses.dataclass

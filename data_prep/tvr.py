@@ -16,6 +16,7 @@ Safe to re-run: finished shards are kept (see `prepared_writer`).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Sequence
 
 
@@ -51,16 +52,56 @@ def _split_entries(split: str, queries: list[Query], video2dur: dict[str, Any],
   by_video: dict[str, list[Query]] = {}
   for q in queries:
     by_video.setdefault(q.vid_name, []).append(q)
+  for name, qs in by_video.items():
+    _check_duration(name, qs, official, path)
   names = sorted(by_video, key=lambda n: (official[n][1], n) if n in official else (float("inf"), n))
   return [VideoEntry(n, i, by_video[n][0].duration, by_video[n]) for i, n in enumerate(names)]
+
+
+DURATION_TOLERANCE = 0.05  # seconds: the release writes durations with 2 decimals
+
+
+def _check_duration(name: str, queries: list[Query], official: dict[str, Any], path: str) -> None:
+  """Every query of a video states the same duration, and the video2dur_idx file's if it has the video."""
+  first = queries[0]
+  for q in queries[1:]:
+    if abs(q.duration - first.duration) > DURATION_TOLERANCE:
+      raise DataError(path, q.where, "duration", f"{q.duration} s for video {name}, but {first.where} says "
+                      f"{first.duration} s")
+  if name in official and abs(float(official[name][0]) - first.duration) > DURATION_TOLERANCE:
+    raise DataError(path, first.where, "duration", f"{first.duration} s for video {name}, but video2dur_idx "
+                    f"says {official[name][0]} s")
+
+
+ROWS_TOLERANCE = 2  # feature rows: more than this off ceil(duration / clip_seconds) is another video's features
+
+
+def _check_rows(entries: list[VideoEntry], visual: features.VisualFeatures, clip_seconds: float,
+                log: RepairLog) -> None:
+  """Feature rows against the duration: rows x clip_seconds must cover the video (within ROWS_TOLERANCE)."""
+  for e in entries:
+    rows, expected = visual.rows(e.vid_name), math.ceil(round(e.duration / clip_seconds, 6))
+    if abs(rows - expected) > ROWS_TOLERANCE:
+      raise DataError(visual.files[0].path, f"video {e.vid_name}", "video",
+                      f"{rows} rows of {clip_seconds} s cover {rows * clip_seconds:.1f} s but the video lasts "
+                      f"{e.duration} s (expected {expected} rows; other --clip_seconds or another video's features?)")
+    if rows != expected:
+      log.repair(f"feature rows differ from ceil(duration / {clip_seconds} s) by 1-{ROWS_TOLERANCE} (kept)",
+                 e.vid_name)
 
 
 def prepare_tvr(out_dir: str, *, annotation_dir: str = "", split_files: dict[str, str] | None = None,
                 video_feature: Sequence[str], subtitle_feature: str = "", video2dur_idx: str = "",
                 l2_normalize: bool = False, text_checkpoint: str = pretrained.DEFAULT_CHECKPOINT,
                 max_query_len: int = 64, clip_seconds: float = 1.5, videos_per_shard: int = 256,
-                missing_videos: str = "error") -> dict[str, Any]:
-  """Converts a TVR-layout corpus; returns the `prepared.json` manifest."""
+                missing_videos: str = "error", overwrite: bool = False) -> dict[str, Any]:
+  """Converts a TVR-layout corpus; returns the `prepared.json` manifest.
+
+  Everything that can be checked without reading feature values (annotations,
+  durations, feature names, shapes, dtypes, rows against durations) is checked
+  for every split before anything is written; the dataset then replaces
+  `out_dir` whole (prepared_writer.py).
+  """
   if missing_videos not in ("error", "drop"):
     raise ValueError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
   files = annotations.annotation_files(annotation_dir, split_files, SPLIT_FILES)
@@ -70,66 +111,77 @@ def prepare_tvr(out_dir: str, *, annotation_dir: str = "", split_files: dict[str
   visual = features.VisualFeatures(list(video_feature), normalize=l2_normalize)
   subs = features.SubtitleFeatures(subtitle_feature) if subtitle_feature else None
 
-  # Parse and check every annotation file before writing anything.
-  parsed: dict[str, tuple[list[VideoEntry], list[Query], RepairLog]] = {}
-  seen_ids: dict[int, str] = {}
-  for split, path in files.items():
-    log = RepairLog()
-    queries = annotations.read_tvr_jsonl(path, log, with_ground_truth=split != "test_public")
-    for q in queries:
-      if q.desc_id in seen_ids:
-        raise DataError(path, f"desc_id {q.desc_id}", "desc_id", f"duplicate desc_id, also in {seen_ids[q.desc_id]}")
-      seen_ids[q.desc_id] = path
-    entries = _split_entries(split, queries, video2dur, video2dur_idx or path)
-    if split == "train":
-      entries = records.shuffled_for_training(entries)
-    if missing_videos == "drop":
-      kept = [e for e in entries if all(e.vid_name in f for f in visual.files)]
-      for e in entries:
-        if e not in kept:
-          log.drop("video missing from the feature file", e.vid_name)
-          for q in e.queries:
-            log.drop("query of a dropped video", str(q.desc_id))
-      entries = [VideoEntry(e.vid_name, i, e.duration, e.queries) for i, e in enumerate(kept)]
-      queries = [q for e in entries for q in e.queries] if split != "test_public" else queries
-    annotations.tokenize_queries(queries, tokenizer, max_query_len)
-    parsed[split] = (entries, queries, log)
+  def convert() -> dict[str, Any]:
+    # Parse and check every annotation file before writing anything.
+    parsed: dict[str, tuple[list[VideoEntry], list[Query], RepairLog]] = {}
+    seen_ids: dict[int, str] = {}
+    for split, path in files.items():
+      log = RepairLog()
+      queries = annotations.read_tvr_jsonl(path, log, with_ground_truth=split != "test_public")
+      for q in queries:
+        if q.desc_id in seen_ids:
+          raise DataError(path, f"desc_id {q.desc_id}", "desc_id", f"duplicate desc_id, also in {seen_ids[q.desc_id]}")
+        seen_ids[q.desc_id] = path
+      entries = _split_entries(split, queries, video2dur, video2dur_idx or path)
+      if split == "train":
+        entries = records.shuffled_for_training(entries)
+      if missing_videos == "drop":
+        kept = [e for e in entries if all(e.vid_name in f for f in visual.files)]
+        for e in entries:
+          if e not in kept:
+            log.drop("video missing from the feature file", e.vid_name)
+            for q in e.queries:
+              log.drop("query of a dropped video", str(q.desc_id))
+        entries = [VideoEntry(e.vid_name, i, e.duration, e.queries) for i, e in enumerate(kept)]
+        queries = [q for e in entries for q in e.queries] if split != "test_public" else queries
+      parsed[split] = (entries, queries, log)
 
-  all_names = [e.vid_name for entries, _, _ in parsed.values() for e in entries]
-  video_dim = visual.check(all_names)
-  subtitle_dim = subs.check(all_names) if subs else 0
+    all_names = [e.vid_name for entries, _, _ in parsed.values() for e in entries]
+    video_dim = visual.check(all_names)
+    subtitle_dim = subs.check(all_names) if subs else 0
+    for entries, _, log in parsed.values():
+      _check_rows(entries, visual, clip_seconds, log)
 
-  def load_video(entry: VideoEntry, log: RepairLog):
-    video, truncated = visual.read(entry.vid_name)
-    if truncated:
-      log.repair("visual files differ in rows: common prefix kept", entry.vid_name)
-    sub = sub_mask = None
+    def load_video(entry: VideoEntry, log: RepairLog):
+      video, truncated = visual.read(entry.vid_name)
+      if truncated:
+        log.repair("visual files differ in rows: common prefix kept", entry.vid_name)
+      sub = sub_mask = None
+      if subs:
+        sub, sub_mask, reason = subs.read(entry.vid_name, video.shape[0], subtitle_dim)
+        if reason:
+          log.repair(reason, entry.vid_name)
+      return video, sub, sub_mask, clip_seconds
+
+    writer = PreparedWriter(
+        out_dir, source="tvr", video_dim=video_dim, subtitle_dim=subtitle_dim,
+        checkpoint=pretrained.portable_name(text_checkpoint, ckpt),
+        vocab_sha256=pretrained.vocab_fingerprint(ckpt), videos_per_shard=videos_per_shard, splits=list(parsed),
+        overwrite=overwrite,
+        build_args={"files": files, "video_feature": list(video_feature), "subtitle_feature": subtitle_feature,
+                    "l2_normalize": l2_normalize, "max_query_len": max_query_len, "clip_seconds": clip_seconds,
+                    "missing_videos": missing_videos, "video2dur_idx": video2dur_idx,
+                    "inputs": records.input_fingerprint([*files.values(), *video_feature, subtitle_feature,
+                                                         video2dur_idx])})
+    if writer.up_to_date:
+      return dict(writer.up_to_date, up_to_date=True)
+    for _, queries, _ in parsed.values():
+      annotations.tokenize_queries(queries, tokenizer, max_query_len)
+    video2idx = {}
+    for split, (entries, queries, log) in parsed.items():
+      writer.write_split(split, entries, queries, load_video, log, has_ground_truth=split != "test_public")
+      official = video2dur.get(split) or (video2dur.get("test") if split == "test_public" else None) or {}
+      video2idx[split] = {e.vid_name: int(official[e.vid_name][1]) if e.vid_name in official else e.video_index
+                          for e in entries}
+    return writer.finalize({"video2idx": video2idx, "frame_seconds": clip_seconds,
+                            "max_query_len_prepared": max_query_len})
+
+  try:
+    return convert()
+  finally:
+    visual.close()
     if subs:
-      sub, sub_mask, reason = subs.read(entry.vid_name, video.shape[0], subtitle_dim)
-      if reason:
-        log.repair(reason, entry.vid_name)
-    return video, sub, sub_mask, clip_seconds
-
-  writer = PreparedWriter(
-      out_dir, source="tvr", video_dim=video_dim, subtitle_dim=subtitle_dim,
-      checkpoint=pretrained.portable_name(text_checkpoint, ckpt),
-      vocab_sha256=pretrained.vocab_fingerprint(ckpt), videos_per_shard=videos_per_shard,
-      build_args={"files": files, "video_feature": list(video_feature), "subtitle_feature": subtitle_feature,
-                  "l2_normalize": l2_normalize, "max_query_len": max_query_len, "clip_seconds": clip_seconds,
-                  "missing_videos": missing_videos, "video2dur_idx": video2dur_idx,
-                  "inputs": records.input_fingerprint([*files.values(), *video_feature, subtitle_feature,
-                                                       video2dur_idx])})
-  video2idx = {}
-  for split, (entries, queries, log) in parsed.items():
-    writer.write_split(split, entries, queries, load_video, log, has_ground_truth=split != "test_public")
-    official = video2dur.get(split) or (video2dur.get("test") if split == "test_public" else None) or {}
-    video2idx[split] = {e.vid_name: int(official[e.vid_name][1]) if e.vid_name in official else e.video_index
-                        for e in entries}
-  visual.close()
-  if subs:
-    subs.close()
-  return writer.finalize({"video2idx": video2idx, "frame_seconds": clip_seconds,
-                          "max_query_len_prepared": max_query_len})
+      subs.close()
 
 
 SPLIT_FLAGS = {"train": ("train_file", "Train annotation jsonl"), "val": ("val_file", "Val annotation jsonl"),

@@ -67,6 +67,8 @@ def main(argv):
 
   def answer(searcher: MomentSearcher, text: str) -> None:
     moments = searcher.search(text, f.top_k)
+    for note in searcher.last_notices:
+      print(f"note: {note}", file=sys.stderr, flush=True)
     print(json.dumps([m.to_json() for m in moments]) if f.json else format_text(text, moments), flush=True)
 
   try:

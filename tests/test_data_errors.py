@@ -181,6 +181,86 @@ def test_missing_ts(tmp_path, inp):
   _assert_data_error(e, inp.jsonl, "line 2", "ts", "desc_id 1", "missing")
 
 
+def test_spans_are_repaired_or_dropped_never_inverted(tmp_path, inp):
+  """Each repair and drop kind, counted; no stored span ends before it starts or lies outside the video."""
+  from hammer_jax.data.prepared_data import open_prepared, read_queries
+  d = [q["duration"] for q in inp.queries]
+  cases = {0: [-5.0, -2.0],             # entirely before 0 s: dropped
+           1: [d[1] + 1.0, d[1] + 4.0],  # starts after the end: dropped
+           2: [4.0, 1.0],                # reversed: swapped
+           3: [-1.5, 2.0],               # negative start: clamped
+           4: [3.0, d[4] + 9.0],         # past the end: clamped
+           5: [d[5], d[5] + 1.0]}        # starts exactly at the end: dropped
+  for i, ts in cases.items():
+    inp.queries[i]["ts"] = ts
+  inp.write()
+  m = _prepare(tmp_path, inp)
+  info = m["splits"]["val"]
+  assert info["dropped"] == {"span entirely before 0 s": 1, "span starts at or after the video's end": 2}
+  assert info["repaired"]["reversed [st, ed] swapped"] == 1
+  assert info["repaired"]["negative st clamped to 0"] == 1
+  assert info["repaired"]["ed past the duration clamped"] == 1
+  table = read_queries(open_prepared(str(tmp_path / "out")), "val")
+  assert sorted(table.desc_id.tolist()) == [2, 3, 4, 6, 7]
+  by_id = {int(i): (float(a), float(b), float(dur)) for i, a, b, dur in zip(table.desc_id, table.st, table.ed,
+                                                                            table.duration)}
+  assert by_id[2][:2] == (1.0, 4.0) and by_id[3][:2] == (0.0, 2.0) and by_id[4][1] == pytest.approx(d[4])
+  assert all(0 <= st <= ed <= dur and st < dur for st, ed, dur in by_id.values())
+
+
+def test_queries_of_one_video_disagree_on_its_duration(tmp_path, inp):
+  inp.queries[1]["duration"] = inp.queries[0]["duration"] * 10  # 9.0 vs 90.0 s, lines 1 and 2.
+  inp.write()
+  with pytest.raises(DataError) as e:
+    _prepare(tmp_path, inp)
+  _assert_data_error(e, inp.jsonl, "line 2", "duration", "90.0 s", "line 1", "9.0 s")
+
+
+def test_feature_rows_must_cover_the_duration(tmp_path, inp):
+  name = inp.names[2]  # 14 s: 10 rows of 1.5 s
+  inp.video[name] = dh.feature_rows(name, 4, inp.VIDEO_DIM)
+  inp.write()
+  with pytest.raises(DataError) as e:
+    _prepare(tmp_path, inp)
+  _assert_data_error(e, inp.video_h5, name, "video", "4 rows", "expected 10 rows")
+  inp.video[name] = dh.feature_rows(name, 9, inp.VIDEO_DIM)  # one row short: kept, counted
+  inp.sub[name] = inp.sub[name][:9]
+  inp.sub[name + "-mask"] = inp.sub[name + "-mask"][:9]
+  inp.write()
+  m = _prepare(tmp_path, inp)
+  assert m["splits"]["val"]["repaired"]["feature rows differ from ceil(duration / 1.5 s) by 1-2 (kept)"] == 1
+
+
+def test_annotation_byte_that_is_not_utf8(tmp_path, inp):
+  lines = open(inp.jsonl, "rb").read().split(b"\n")
+  lines[2] = lines[2].replace(b"thing", b"th\xffing")
+  open(inp.jsonl, "wb").write(b"\n".join(lines))
+  with pytest.raises(DataError) as e:
+    _prepare(tmp_path, inp)
+  col = lines[2].index(b"\xff") + 1
+  _assert_data_error(e, inp.jsonl, "line 3", "<text>", "not UTF-8", "0xff", f"column {col}")
+
+
+def test_malformed_json_names_the_column(tmp_path, inp):
+  line = json.dumps(inp.queries[2])
+  broken = line.replace('"desc":', '"desc"')  # a missing colon in the middle of the line
+  inp.write(raw_lines={2: broken})
+  with pytest.raises(DataError) as e:
+    _prepare(tmp_path, inp)
+  col = broken.index('"desc"') + len('"desc"') + 2
+  _assert_data_error(e, inp.jsonl, "line 3", "<json>", f"column {col}", "near")
+
+
+def test_two_dimensional_subtitle_mask(tmp_path, inp):
+  name = inp.names[1]
+  rows = dh.tvr_rows(inp.durations[1])
+  inp.sub[name + "-mask"] = np.ones((rows, 2), np.float32)
+  inp.write()
+  with pytest.raises(DataError) as e:
+    _prepare(tmp_path, inp)
+  _assert_data_error(e, inp.sub_h5, name, "subtitle-mask", f"shape ({rows}, 2)", f"expected ({rows},)")
+
+
 def test_cli_prints_one_error_line_and_fails(tmp_path, inp):
   name = inp.names[1]
   del inp.video[name]
@@ -322,17 +402,19 @@ def test_interrupted_write_keeps_finished_shards(tmp_path, monkeypatch):
   with pytest.raises(SimulatedCrash):
     _prepare(tmp_path, inp, videos_per_shard=2)
   monkeypatch.undo()
-  assert _no_manifest(out)
+  assert _no_manifest(out) and not os.path.exists(out)  # Nothing at out_dir until the dataset is complete.
+  staging = out + ".building"
   # Only finished shards carry final names: no partial shard, no temp file, no query shard yet.
-  assert _dataset_files(out) == ["videos/1.0.0/videos-val.tfrecord-00000-of-00004",
-                                 "videos/1.0.0/videos-val.tfrecord-00001-of-00004"]
-  finished = dh.shard_files(out, "videos", "val")
+  assert _dataset_files(staging) == ["videos/1.0.0/videos-val.tfrecord-00000-of-00004",
+                                     "videos/1.0.0/videos-val.tfrecord-00001-of-00004"]
+  finished = dh.shard_files(staging, "videos", "val")
   assert [_count_records(p) for p in finished] == [2, 2]
   before = {p: _stat(p) for p in finished}
 
   m = _prepare(tmp_path, inp, videos_per_shard=2)
-  assert not _no_manifest(out)
-  assert {p: _stat(p) for p in finished} == before  # Not rewritten.
+  assert not _no_manifest(out) and not os.path.exists(staging)
+  moved = {p.replace(staging, out): v for p, v in before.items()}
+  assert {p: _stat(p) for p in moved} == moved  # Not rewritten: the same files, moved in with the folder.
   assert m["splits"]["val"].get("video_shards_reused", 2) == 2
   assert (m["splits"]["val"]["num_videos"], m["splits"]["val"]["num_queries"]) == (7, 14)
   assert m["splits"]["val"]["num_frames"] == sum(len(v) for v in inp.video.values())
@@ -360,6 +442,8 @@ def test_rerun_with_other_arguments_rewrites_the_split(tmp_path):
   after = {p: _stat(p) for p in dh.shard_files(out, "videos")}
   assert sorted(after) == sorted(before)
   assert all(after[p] != before[p] for p in before)  # Every video shard written again.
+  assert _prepare(tmp_path, inp, videos_per_shard=2, max_query_len=6).get("up_to_date")  # A re-run: no-op.
+  assert {p: _stat(p) for p in dh.shard_files(out, "videos")} == after
   assert m["max_query_len_prepared"] == 6 and m["splits"]["val"].get("video_shards_reused", 0) == 0
   data = open_prepared(out)
   assert max(len(t) for t in read_queries(data, "val").token_ids) == 6
@@ -372,23 +456,110 @@ def test_rerun_with_other_arguments_rewrites_the_split(tmp_path):
       f"videos-val.tfrecord-{i:05d}-of-00003" for i in range(3)]
 
 
-def test_interrupted_rewrite_leaves_no_stale_manifest(tmp_path, monkeypatch):
-  """prepared_writer: "`prepared.json` is written last, so its presence means the data is
-  complete". A re-run with other arguments deletes the split's shards first; if it is then
-  interrupted, the old prepared.json must not survive to describe data that is gone."""
-  from hammer_jax.data.prepared_data import PreparedDataError, open_prepared
+def _tree_bytes(root: str) -> dict[str, bytes]:
+  out = {}
+  for folder, _, names in os.walk(root):
+    for n in names:
+      path = os.path.join(folder, n)
+      out[os.path.relpath(path, root)] = open(path, "rb").read()
+  return out
+
+
+def test_interrupted_rewrite_keeps_the_previous_dataset(tmp_path, monkeypatch):
+  """A re-run with other arguments that is killed half-way leaves the previous dataset whole and loadable."""
+  from hammer_jax.data.prepared_data import open_prepared, read_queries
   inp = dh.TvrInputs(str(tmp_path / "in"), n_videos=7)
   out = str(tmp_path / "out")
   _prepare(tmp_path, inp, videos_per_shard=2)
+  before = _tree_bytes(out)
   _crash_after(monkeypatch, 3)
   with pytest.raises(SimulatedCrash):
     _prepare(tmp_path, inp, videos_per_shard=2, max_query_len=6)
   monkeypatch.undo()
-  assert _no_manifest(out), "prepared.json of the earlier run survived an interrupted rewrite"
-  with pytest.raises(PreparedDataError):
-    open_prepared(out)
+  assert _tree_bytes(out) == before
+  assert len(read_queries(open_prepared(out), "val")) == 14
   m = _prepare(tmp_path, inp, videos_per_shard=2, max_query_len=6)
   assert m["max_query_len_prepared"] == 6 and m["splits"]["val"]["num_videos"] == 7
+
+
+def test_failed_rerun_leaves_the_previous_dataset_byte_identical(tmp_path):
+  """NaN found while writing (it can only be seen reading values): the complete old dataset is untouched."""
+  from hammer_jax.data.prepared_data import open_prepared, read_queries
+  train = dh.TvrInputs(str(tmp_path / "train"), prefix="other_s02e03_seg01_clip_", first_desc_id=100)
+  inp = dh.TvrInputs(str(tmp_path / "in"))
+  video = {**train.video, **inp.video}
+  sub = {**train.sub, **inp.sub}
+  dh.write_h5(inp.video_h5, video)
+  dh.write_h5(inp.sub_h5, sub)
+  kwargs = dict(split_files={"train": train.jsonl, "val": inp.jsonl}, video_feature=[inp.video_h5],
+                subtitle_feature=inp.sub_h5, videos_per_shard=2)
+  out = str(tmp_path / "out")
+  tvr.prepare_tvr(out, **kwargs)
+  before = _tree_bytes(out)
+  bad = dict(video)
+  bad[inp.names[3]] = bad[inp.names[3]].copy()
+  bad[inp.names[3]][1, 2] = np.nan
+  dh.write_h5(inp.video_h5, bad)
+  with pytest.raises(DataError) as e:
+    tvr.prepare_tvr(out, **kwargs)
+  _assert_data_error(e, inp.video_h5, inp.names[3], "video", "NaN or Inf")
+  assert _tree_bytes(out) == before
+  data = open_prepared(out)
+  assert len(read_queries(data, "val")) == 8 and len(read_queries(data, "train")) == 8
+  assert sum(1 for _ in data.builder("videos").as_dataset(split="train")) == 4
+
+
+def test_partial_rerun_is_refused_or_replaces_the_whole_dataset(tmp_path):
+  """Preparing only val into a folder holding train + val never leaves a mix."""
+  from hammer_jax.data.prepared_data import open_prepared
+  train = dh.TvrInputs(str(tmp_path / "train"), prefix="other_s02e03_seg01_clip_", first_desc_id=100)
+  inp = dh.TvrInputs(str(tmp_path / "in"))
+  dh.write_h5(inp.video_h5, {**train.video, **inp.video})
+  dh.write_h5(inp.sub_h5, {**train.sub, **inp.sub})
+  out = str(tmp_path / "out")
+  tvr.prepare_tvr(out, split_files={"train": train.jsonl, "val": inp.jsonl}, video_feature=[inp.video_h5],
+                  subtitle_feature=inp.sub_h5)
+  before = _tree_bytes(out)
+  with pytest.raises(DataError) as e:
+    tvr.prepare_tvr(out, **inp.kwargs())
+  _assert_data_error(e, out, "<folder>", "out_dir", "splits train, val", "prepares val", "--overwrite")
+  assert _tree_bytes(out) == before
+  m = tvr.prepare_tvr(out, overwrite=True, **inp.kwargs())
+  assert sorted(m["splits"]) == ["val"] and sorted(open_prepared(out).manifest["splits"]) == ["val"]
+  assert sorted(m["video2idx"]) == ["val"]
+  assert not [f for f in dh.shard_files(out, "videos") if "-train." in f]
+
+
+def test_checks_before_writing_cover_every_split(tmp_path):
+  """A string-typed dataset in the second split's video stops the run before the first split's first shard."""
+  train = dh.TvrInputs(str(tmp_path / "train"), prefix="other_s02e03_seg01_clip_", first_desc_id=100)
+  inp = dh.TvrInputs(str(tmp_path / "in"))
+  import h5py
+  dh.write_h5(inp.video_h5, {**train.video, **{k: v for k, v in inp.video.items() if k != inp.names[2]}})
+  with h5py.File(inp.video_h5, "a") as f:
+    f.create_dataset(inp.names[2], data=np.array([["a", "b"]] * 5, dtype="S1"))
+  dh.write_h5(inp.sub_h5, {**train.sub, **inp.sub})
+  out = str(tmp_path / "out")
+  with pytest.raises(DataError) as e:
+    tvr.prepare_tvr(out, split_files={"train": train.jsonl, "val": inp.jsonl}, video_feature=[inp.video_h5],
+                    subtitle_feature=inp.sub_h5)
+  _assert_data_error(e, inp.video_h5, inp.names[2], "video", "not numbers")
+  assert not os.path.exists(out) and not os.path.exists(out + ".building")
+
+
+@pytest.mark.parametrize("where", ["file", "uncreatable"])
+def test_out_dir_that_cannot_be_a_folder(tmp_path, inp, where):
+  if where == "file":
+    out = tmp_path / "a_file"
+    out.write_text("x")
+    problem = "is a file"
+  else:
+    (tmp_path / "blocker").write_text("x")
+    out = tmp_path / "blocker" / "sub" / "out"
+    problem = "cannot create"
+  with pytest.raises(DataError) as e:
+    tvr.prepare_tvr(str(out), **inp.kwargs())
+  _assert_data_error(e, str(out), "<folder>", "out_dir", problem)
 
 
 # -- damaged shards at training / evaluation time -----------------------------------

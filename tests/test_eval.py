@@ -165,6 +165,30 @@ def test_errors_say_what_to_run(trained_workdir, tmp_path):
     restore.restore(str(tmp_path / "w"))
 
 
+def test_a_synthetic_workdir_without_its_corpus_is_not_rebuilt(trained_workdir, tmp_path):
+  """Only the demo's own first run builds its corpus: evaluation says what is missing instead."""
+  cfg = json.load(open(os.path.join(trained_workdir, "config.json")))
+  cfg["data"]["prepared_dir"] = ""                                  # a demo-style workdir: data under W/data
+  os.makedirs(tmp_path / "w")
+  json.dump(cfg, open(tmp_path / "w" / "config.json", "w"))
+  import shutil
+  shutil.copytree(os.path.join(trained_workdir, "checkpoints"), tmp_path / "w" / "checkpoints")
+  out = _run_eval(tmp_path / "w")
+  assert out.returncode != 0 and "demo corpus of this workdir is missing" in out.stderr
+  assert out.stderr.strip().count("\n") == 0 and not os.path.exists(tmp_path / "w" / "data")
+
+
+def test_vr_without_negatives_is_a_config_error():
+  from helpers import tiny_model_config
+  from hammer_jax.model import build
+  c = tiny_model_config()
+  c.data.num_negatives = 0
+  with pytest.raises(ValueError, match="num_negatives >= 1"):
+    build.model_config(c, 12, 10)
+  c.loss.use_vr = False
+  assert not build.model_config(c, 12, 10).with_negatives
+
+
 def eval_worker(out_path, workdir):
   """Worker: the same evaluation in a 2-process job; process 0 writes the files."""
   config, data, model, params, _ = restore.restore(workdir)

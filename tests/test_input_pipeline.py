@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hammer_jax.data import input_pipeline as ip
+from hammer_jax.data import sampling
 from hammer_jax.data import prepared_data
 from helpers import pipeline_spec
 
@@ -78,7 +79,7 @@ def test_mlm_masking_statistics():
     ids[i, 0], ids[i, 1:n - 1], ids[i, n - 1] = 101, rng.integers(2000, 3000, size=n - 2), 102
   mask = (ids != 0).astype(np.int32)
   spec = pipeline_spec(max_frames=8, max_query_len=length, clip_len=4, max_mlm_predictions=3)
-  out = ip.mask_tokens(ids, mask, np.random.default_rng(1), spec, special, 30522)
+  out = sampling.mask_tokens(ids, mask, np.random.default_rng(1), spec, special, 30522)
   pos, tgt, w = out["mlm_positions"], out["mlm_targets"], out["mlm_weights"]
   counts = w.sum(1).astype(int)
   want = np.minimum(3, np.maximum(1, np.round((lens - 2) * 0.15).astype(int)))
@@ -101,13 +102,13 @@ def test_mlm_masking_statistics():
 def test_negatives_are_other_videos():
   rng = np.random.default_rng(0)
   vids = np.array([0, 0, 1, 2, 2, 3, 4, 5])
-  index, valid = ip.sample_negatives(vids, 3, rng, offset=16)
+  index, valid = sampling.sample_negatives(vids, 3, rng, offset=16)
   assert index.shape == (8, 3) and np.all(valid == 1)
   local = index - 16
   assert np.all((local >= 0) & (local < 8))
   assert np.all(vids[local] != vids[:, None])
   # A batch of one video has no negatives: all masked.
-  index, valid = ip.sample_negatives(np.zeros(4, int), 2, rng)
+  index, valid = sampling.sample_negatives(np.zeros(4, int), 2, rng)
   assert np.all(valid == 0)
 
 
@@ -161,6 +162,42 @@ def test_truncation_keeps_sep_and_clamps_labels(synthetic_prepared):
   assert np.all(batch["mlm_targets"][batch["mlm_weights"] > 0] != sep)
   assert np.all(batch["end_frame"] < 6) and np.all(batch["start_frame"] <= batch["end_frame"])
   assert batch["frame_mask"].shape == (8, 6)
+
+
+def test_moments_beyond_the_frame_cut_are_left_out_of_training(synthetic_prepared):
+  """Videos of 6-16 rows cut to 8: a query whose moment ends after row 8 is not a training example."""
+  from hammer_jax.data import alignment
+  data = synthetic_prepared
+  spec = pipeline_spec(max_frames=8, max_query_len=16, clip_len=4, shuffle_buffer=16)
+  table = prepared_data.read_queries(data, "train")
+  info = data.split("train")
+  rows = np.asarray(info["video_rows"])[table.video_index]
+  _, last = alignment.seconds_to_frames(table.st, table.ed, np.float32(1.5), rows.astype(np.float32))
+  fits = set(table.desc_id[last < 8].tolist())
+  assert 0 < len(fits) < len(table)                                        # the corpus has both kinds
+  it = _train(data, spec=spec)
+  assert it.num_examples == len(fits)
+  seen = np.concatenate([next(it)["desc_id"] for _ in range(it.num_examples // 8)])
+  assert set(seen.tolist()) <= fits and len(set(seen.tolist())) == len(seen)
+  by_id = {int(d): i for i, d in enumerate(table.desc_id)}
+  for _ in range(3):
+    b = next(it)
+    for j, d in enumerate(b["desc_id"]):                                    # labels are the true moment's
+      i = by_id[int(d)]
+      s, e = alignment.seconds_to_frames(table.st[i], table.ed[i], np.float32(1.5), np.float32(rows[i]))
+      assert (b["start_frame"][j], b["end_frame"][j]) == (int(s), int(e))
+  # Resume lands on the same example after the filter.
+  resumed = next(_train(data, spec=spec, start_step=3))
+  reference = _train(data, spec=spec)
+  for _ in range(3):
+    next(reference)
+  np.testing.assert_array_equal(resumed["desc_id"], next(reference)["desc_id"])
+
+
+def test_eval_query_mask_counts_tokens_not_non_zero_ids():
+  """The mask comes from each query's length: an id 0 inside a query is a token, padding is not."""
+  batch = next(ip.eval_query_batches([np.array([101, 0, 7, 102]), np.array([101, 5, 102])], 6, 2))
+  np.testing.assert_array_equal(batch["query_mask"], [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]])
 
 
 def test_eval_batches_cover_everything_once(synthetic_prepared):

@@ -265,3 +265,23 @@ def test_cli(tmp_path):
   manifest = json.load(open(os.path.join(out, ms.MANIFEST)))
   assert manifest["args"]["visual_dim"] == 16 and manifest["summary"]["splits"]["val"]["queries"] == 6
   assert _h5(os.path.join(out, ms.VIDEO_H5))["synth_val_0000"].shape[1] == 16
+
+
+def test_tvr_duration_distribution_is_the_real_train_split(tmp_path):
+  """The embedded percentiles are recomputed from the real tvr_video2dur_idx.json; `durations="tvr"` follows them."""
+  from data_prep import tvr_durations
+  from helpers import SHARED_DIR
+  real = json.load(open(os.path.join(SHARED_DIR, "data", "tvr", "tvr_video2dur_idx.json")))["train"]
+  durations = np.array([d for d, _ in real.values()])
+  np.testing.assert_allclose(tvr_durations.TVR_TRAIN_DURATION_PERCENTILES,
+                             np.round(np.percentile(durations, np.arange(101)), 2), atol=0.005)
+  out = str(tmp_path / "tvr_shaped")
+  ms.make_synthetic_corpus(out, num_train_videos=400, num_val_videos=2, num_test_videos=2, durations="tvr",
+                           verbose=False)
+  drawn = np.array([d for d, _ in json.load(open(os.path.join(out, ms.VIDEO2DUR)))["train"].values()])
+  # Kolmogorov-Smirnov distance of the 400 draws to the real distribution (bimodal, ~60 s and ~90 s).
+  grid = np.linspace(0, 280, 561)
+  cdf = lambda x: np.searchsorted(np.sort(x), grid, side="right") / len(x)
+  assert np.max(np.abs(cdf(drawn) - cdf(durations))) < 0.1
+  with pytest.raises(ValueError, match="durations must be"):
+    ms.make_synthetic_corpus(str(tmp_path / "x"), durations="gamma", verbose=False)

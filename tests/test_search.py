@@ -148,8 +148,24 @@ def test_bad_queries_and_splits(trained_workdir, searcher):
   for text in ("", "   \t"):
     with pytest.raises(search.SearchError, match="empty query"):
       searcher.search(text)
+  for text in ("\U0001F600\U0001F680", "\u2603 \U0001F3B8"):           # emoji: nothing but [UNK]
+    with pytest.raises(search.SearchError, match=r"WordPiece.*all \[UNK\]"):
+      searcher.search(text)
   with pytest.raises(prepared_data.PreparedDataError, match="split 'nope' was never prepared"):
     search.MomentSearcher(trained_workdir, split="nope")
+
+
+def test_search_says_what_it_changed(searcher):
+  long = " ".join(["the man opens the door"] * 10)
+  moments = searcher.search(long, 3)
+  limit = searcher.config.data.max_query_len
+  assert len(moments) == 3
+  assert any(f"the first {limit - 2}" in n for n in searcher.last_notices), searcher.last_notices
+  moments = searcher.search("a dog", 50)
+  assert len(moments) == len(searcher.corpus) < 50
+  assert any(f"returning {len(searcher.corpus)}" in n for n in searcher.last_notices)
+  searcher.search("a dog", 2)
+  assert searcher.last_notices == []
 
 
 def _run(workdir, *flags, stdin=None):

@@ -11,6 +11,14 @@ exactly the next unseen example. MLM masking and VR negatives are drawn per batc
 on the host from numpy generators keyed by (seed, step, process), so they too are
 identical after a restart.
 
+Moments beyond the frame cut: a video longer than `max_frames` rows is cut to its
+first `max_frames`; a training query whose moment ends after the cut would get
+a wrong end label and a VR positive without its moment, so it is left out of
+training (counted and logged when the pipeline starts; `fitting_queries`).
+Evaluation keeps every query: a moment past the cut counts as missed. On TVR
+(96 frames = 144 s) that is 9 of the 10,895 val queries; 124 of the 17,435
+train videos are longer than 144 s.
+
 Evaluation: `eval_video_batches` streams the split's corpus once (for caching
 video-only model parts) and `eval_query_batches` gives every query exactly once;
 both pad the last batch (`example_mask` 0) and give every process the same
@@ -26,7 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from hammer_jax.data import alignment
+from hammer_jax.data import alignment, sampling
 from hammer_jax.data.prepared_data import PreparedData
 
 HOST_ONLY_KEYS = ("desc_id",)  # int64 ids stay on the host; devices get the rest.
@@ -144,7 +152,16 @@ class TrainBatches:
     self.special = data.manifest["special_token_ids"]
     self.vocab_size = int(data.manifest["vocab_size"])
     start, end = process_range(info["num_videos"], self.process_index, self.process_count)
-    self.num_examples = int(sum(info["queries_per_video"][start:end]))
+    fitting = fitting_queries(data, split, spec.max_frames)
+    self.filter_cut = fitting is not None
+    per_video = fitting if fitting is not None else np.asarray(info["queries_per_video"])
+    self.num_examples = int(per_video[start:end].sum())
+    if fitting is not None and self.process_index == 0:
+      from absl import logging
+      total, kept = int(sum(info["queries_per_video"])), int(fitting.sum())
+      if kept < total:
+        logging.info("%s: %d of %d %s queries left out of training: their moment ends after the first %d frames",
+                     data.path, total - kept, total, split, spec.max_frames)
     if self.num_examples == 0:
       raise ValueError(f"{data.path}: split '{split}' has no queries for process {self.process_index}")
     builder = data.builder("videos")
@@ -188,7 +205,15 @@ class TrainBatches:
       ex.update(_labels(st, ed, rec["frame_seconds"], n, self.spec))
       return ex
 
+    def fits(desc_id, st, ed, token_ids):
+      import tensorflow.experimental.numpy as tnp
+      rows = tf.cast(tf.shape(rec["video"])[0], rec["frame_seconds"].dtype)
+      _, last = alignment.seconds_to_frames(st, ed, rec["frame_seconds"], rows, xp=tnp)
+      return last < self.spec.max_frames
+
     per_query = tf.data.Dataset.from_tensor_slices((q["desc_id"], q["st"], q["ed"], q["token_ids"]))
+    if self.filter_cut:
+      per_query = per_query.filter(fits)
     return per_query.map(one)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -200,14 +225,32 @@ class TrainBatches:
     except _READ_ERRORS() as e:
       raise find_bad_shard(self.instructions, e) from None
     rng = np.random.default_rng([self.spec.mlm_seed, self.step, self.process_index])
-    batch.update(mask_tokens(batch["query_ids"], batch["query_mask"], rng, self.spec, self.special,
+    batch.update(sampling.mask_tokens(batch["query_ids"], batch["query_mask"], rng, self.spec, self.special,
                              self.vocab_size))
     rng = np.random.default_rng([self.seed, self.step, self.process_index, 7])
-    batch["neg_index"], batch["neg_mask"] = sample_negatives(
+    batch["neg_index"], batch["neg_mask"] = sampling.sample_negatives(
         batch["video_index"], self.spec.num_negatives, rng, self.global_offset)
     batch["example_mask"] = np.ones(self.local_batch_size, np.int32)
     self.step += 1
     return batch
+
+
+def fitting_queries(data: PreparedData, split: str, max_frames: int) -> np.ndarray | None:
+  """Per video of `split` (stored order), its queries whose moment ends within the first `max_frames` rows.
+
+  The same rule (alignment.seconds_to_frames, float32) as the training pipeline's
+  filter. None for data prepared before the manifest recorded rows per video.
+  """
+  from hammer_jax.data.prepared_data import read_queries
+  info = data.split(split)
+  if "video_rows" not in info:
+    return None
+  rows = np.asarray(info["video_rows"], np.float32)
+  seconds = np.asarray(info["video_frame_seconds"], np.float32)
+  queries = read_queries(data, split)
+  v = queries.video_index
+  _, last = alignment.seconds_to_frames(queries.st, queries.ed, seconds[v], rows[v])
+  return np.bincount(v[last < max_frames], minlength=len(rows)).astype(np.int64)
 
 
 def _READ_ERRORS():
@@ -240,53 +283,6 @@ def find_bad_shard(instructions, error: Exception) -> ShardError:
                         f"{ins.examples_in_shard})")
   name = instructions[0].filename if instructions else "?"
   return ShardError(f"{name}: unreadable record ({getattr(error, 'message', str(error)).splitlines()[0]})")
-
-
-def mask_tokens(ids: np.ndarray, mask: np.ndarray, rng: np.random.Generator, spec: PipelineSpec,
-                special: dict[str, int], vocab_size: int) -> dict[str, np.ndarray]:
-  """BERT masking of `[B, L]` queries: ~15% of real tokens, 80/10/10, at most P per query.
-
-  Returns the masked `query_ids` and `mlm_positions`, `mlm_targets`, `mlm_weights` `[B, P]`.
-  """
-  b, _ = ids.shape
-  p = spec.max_mlm_predictions
-  out = ids.copy()
-  positions = np.zeros((b, p), np.int32)
-  targets = np.zeros((b, p), np.int32)
-  weights = np.zeros((b, p), np.float32)
-  never = np.isin(ids, [special["cls"], special["sep"], special["pad"]]) | (mask == 0)
-  for i in range(b):
-    cand = np.flatnonzero(~never[i])
-    if cand.size == 0:
-      continue
-    k = min(p, max(1, int(round(cand.size * spec.mlm_probability))))
-    chosen = np.sort(rng.choice(cand, size=k, replace=False))
-    positions[i, :k], targets[i, :k], weights[i, :k] = chosen, ids[i, chosen], 1.0
-    roll = rng.random(k)
-    out[i, chosen[roll < 0.8]] = special["mask"]
-    rand = chosen[(roll >= 0.8) & (roll < 0.9)]
-    out[i, rand] = rng.integers(0, vocab_size, size=rand.size)
-  return {"query_ids": out, "mlm_positions": positions, "mlm_targets": targets, "mlm_weights": weights}
-
-
-def sample_negatives(video_index: np.ndarray, num_negatives: int, rng: np.random.Generator,
-                     offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """For each example, `num_negatives` other examples of the batch with a different video.
-
-  Returns `neg_index` `[B, N]` (global rows: local + offset) and `neg_mask` `[B, N]`;
-  when the batch has too few other videos, slots repeat or are masked out.
-  """
-  b = video_index.shape[0]
-  index = np.zeros((b, num_negatives), np.int32)
-  valid = np.zeros((b, num_negatives), np.float32)
-  for i in range(b):
-    cand = np.flatnonzero(video_index != video_index[i])
-    if cand.size == 0 or num_negatives == 0:
-      index[i] = i + offset
-      continue
-    pick = rng.choice(cand, size=num_negatives, replace=cand.size < num_negatives)
-    index[i], valid[i] = pick + offset, 1.0
-  return index, valid
 
 
 def _eval_batches(n: int, batch_size: int, process_index: int, process_count: int):

@@ -120,6 +120,7 @@ class MomentSearcher:
     self.scorer = PairScorer(self.model, batch_size=1, decoding=self.config.model.decoding)
     self.corpus, self.index_status = self._load_or_build_index(rebuild_index, require_index)
     self.video_names = [info["video_names"][i] for i in self.corpus.video_index]
+    self.last_notices: list[str] = []  # of the latest search: see `notices`
 
   # -- tokens ------------------------------------------------------------------
 
@@ -144,13 +145,34 @@ class MomentSearcher:
                       f"was prepared with ({'; '.join(tried)})")
 
   def tokenize(self, text: str) -> np.ndarray:
-    """int32 [n]: [CLS] ... [SEP], the whole query (retrieve cuts it like prepared queries)."""
+    """int32 [n]: [CLS] ... [SEP], the whole query (retrieve cuts it like prepared queries).
+
+    A query that the vocabulary cannot represent (nothing but [UNK]: emoji, most
+    scripts an uncased English WordPiece vocabulary lacks) is refused.
+    """
     if not text or not text.strip():
       raise SearchError("empty query")
     ids = self.tokenizer(text.strip(), add_special_tokens=True)["input_ids"]
-    if len(ids) <= 2:
-      raise SearchError(f"query {text!r} has no tokens in the model's vocabulary")
+    words = ids[1:-1]
+    if not words or all(i == self.tokenizer.unk_token_id for i in words):
+      lower = getattr(self.tokenizer, "do_lower_case", None)
+      raise SearchError(f"query {text!r}: the model's vocabulary ({len(self.tokenizer)} "
+                        f"{'uncased ' if lower else ''}WordPiece tokens of "
+                        f"{self.model_data.manifest.get('text_checkpoint', 'its text checkpoint')}) has no token for "
+                        "any of it (all [UNK]); it covers English words and punctuation, not emoji or most other "
+                        "scripts")
     return np.asarray(ids, np.int32)
+
+  def notices(self, token_ids: np.ndarray, top_k: int) -> list[str]:
+    """What the search does differently from what was asked (one line each)."""
+    out = []
+    limit = int(self.config.data.max_query_len)
+    if len(token_ids) > limit:
+      out.append(f"the query has {len(token_ids) - 2} tokens; the model reads the first {limit - 2} (max_query_len "
+                 f"{limit} with [CLS] and [SEP])")
+    if top_k > len(self.corpus):
+      out.append(f"top_k {top_k} is more than the corpus's {len(self.corpus)} videos: returning {len(self.corpus)}")
+    return out
 
   # -- index -------------------------------------------------------------------
 
@@ -210,7 +232,9 @@ class MomentSearcher:
     from hammer_jax.retrieval.retrieve import retrieve
     if top_k < 1:
       raise SearchError(f"top_k must be at least 1, got {top_k}")
-    result = retrieve(self.scorer, self.params, self.corpus, [self.tokenize(text)], top_k=top_k,
+    ids = self.tokenize(text)
+    self.last_notices = self.notices(ids, top_k)
+    result = retrieve(self.scorer, self.params, self.corpus, [ids], top_k=top_k,
                       max_query_len=int(self.config.data.max_query_len), local=True,
                       vr_pairs_per_call=VR_PAIRS_PER_CALL)
     positions = self.corpus.positions_of(result.vcmr[0, :, 0].astype(np.int64))
