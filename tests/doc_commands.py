@@ -10,6 +10,7 @@ module defines, every config file / variant / `--config.x.y` override loads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
 import re
@@ -142,14 +143,32 @@ def python_target(argv) -> tuple[str, list[str]] | None:
   return os.path.join(ROOT, argv[1]), list(argv[2:])
 
 
+_HELP_FLAG = re.compile(r"^\s+(?:-\S+,)?--(?:\[no\])?([A-Za-z0-9_]+)[:\s]", re.MULTILINE)
+
+
 def defined_flags(source_path: str) -> set[str]:
-  """Flag names a binary defines (absl DEFINE_* or argparse), read from its source."""
+  """Flag names a binary defines (absl DEFINE_* or argparse).
+
+  Read from its source, and for an absl binary also from its `--helpfull`
+  (flags defined by shared helpers, e.g. `data_prep/cli.py`'s
+  `define_common_flags`, are not in the binary's own source).
+  """
   with open(source_path) as f:
     src = f.read()
   names = set(_FLAG_DEFINITION.findall(src)) | set(_ARGPARSE_DEFINITION.findall(src))
   if "absl" in src:
     names |= {"helpfull", "help", "alsologtostderr", "logtostderr", "v", "verbosity"}
+    names |= helpfull_flags(source_path)
   return names
+
+
+@functools.lru_cache(maxsize=None)
+def helpfull_flags(source_path: str) -> frozenset[str]:
+  """Every flag an absl binary lists in `--helpfull` (run as `python -m <module>` from the repo root)."""
+  module = os.path.relpath(source_path, ROOT)[:-len(".py")].replace(os.sep, ".")
+  result = subprocess.run([sys.executable, "-m", module, "--helpfull"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+  return frozenset(_HELP_FLAG.findall(result.stdout + result.stderr))
 
 
 def given_flags(args) -> list[tuple[str, str | None]]:
@@ -199,3 +218,54 @@ def run_as_written(argv, cwd, env) -> tuple[str, str]:
                           timeout=900)
   assert result.returncode == 0, f"{shlex.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
   return result.stdout, result.stderr
+
+
+# -- prose and tables of the docs ---------------------------------------------------
+
+def read_doc(doc: str) -> str:
+  with open(os.path.join(ROOT, doc), encoding="utf-8") as f:
+    return f.read()
+
+
+def fenced_blocks(doc: str, language: str) -> list[str]:
+  """The bodies of the ```<language> blocks of `doc`."""
+  return [m.group(1) for m in re.finditer(rf"^```{language}\n(.*?)^```", read_doc(doc), re.S | re.M)]
+
+
+def section(doc: str, heading: str) -> str:
+  """Text of the section whose heading starts with `heading` ('## X'), up to the next heading of its level."""
+  text = read_doc(doc)
+  level = heading.split(" ")[0]
+  start = text.index(heading)
+  following = re.search(rf"^{level} ", text[start + len(heading):], re.M)
+  return text[start:start + len(heading) + following.start()] if following else text[start:]
+
+
+def table_rows(text: str) -> list[list[str]]:
+  """Cells of every Markdown table row of `text` (header included, separator rows left out)."""
+  rows = []
+  for line in text.splitlines():
+    line = line.strip()
+    if line.startswith("|") and not re.fullmatch(r"\|[\s:|-]+\|", line):
+      rows.append([c.strip() for c in line.strip("|").split("|")])
+  return rows
+
+
+def number(text: str) -> float:
+  """'17,435' -> 17435.0; '13.8 GB' -> 13.8 (the first number of the text)."""
+  return float(re.search(r"\d[\d,]*(?:\.\d+)?", text).group(0).replace(",", ""))
+
+
+def decimals(text: str) -> int:
+  """Decimals written in the first number of `text` ('13.8 GB' -> 1)."""
+  found = re.search(r"\d[\d,]*(?:\.(\d+))?", text)
+  return len(found.group(1) or "")
+
+
+def heading_anchor(heading: str) -> str:
+  """GitHub's anchor of a heading: lower case, punctuation dropped, spaces -> '-'."""
+  return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(doc: str) -> set[str]:
+  return {heading_anchor(h) for h in re.findall(r"^#+ (.+)$", read_doc(doc), re.M)}

@@ -8,19 +8,34 @@
   preparation from the README, the prepared-data check of docs/getting_data.md,
   and the README's eval and search commands against a trained workdir.
 * Every config named in the docs' tables (`configs/x.py:variant`) loads.
+* The figures the docs state are recomputed from their sources: TVR counts,
+  durations and prepared sizes from the real `tvr_video2dur_idx.json`,
+  ActivityNet sizes from the real annotation files (both in ../shared/data;
+  skipped without them), the feature-conversion snippets run as written.
+* No doc points into ../shared (not part of the repository); local links resolve.
+* docs/reproducing.md prepares and trains with the same BERT-base checkpoint,
+  with flags that exist, and gives each feature width its own prepared folder;
+  the switches table of docs/paper_notes.md names config fields with their
+  configs/base.py defaults; docs/data_format.md lists the fields and batch keys
+  the code writes.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
+import math
 import os
 import re
 import shutil
+import statistics
 
+import numpy as np
 import pytest
 
 import doc_commands as dc
+from helpers import SHARED_DIR
 
 ALL = dc.all_commands()
 PYTHON = [c for c in ALL if dc.python_target(c.argv)]
@@ -146,3 +161,295 @@ def test_readme_eval_and_search_run_as_written(trained_workdir, repo_env):
   assert [m["rank"] for m in moments] == list(range(1, len(moments) + 1))
   assert len({m["vid_name"] for m in moments}) == len(moments)
   assert all(m["st"] <= m["ed"] for m in moments)
+
+
+# -- figures, links and switches the docs state ------------------------------------
+# Each test below recomputes what a doc states from its source: the real release
+# files in ../shared/data (skipped without them), configs/base.py, the binaries'
+# flags, or the code that reads the files.
+
+
+TVR_DIR = os.path.join(SHARED_DIR, "data", "tvr")
+ANET_DIR = os.path.join(SHARED_DIR, "data", "activitynet")
+TVR_ROW_SECONDS = 1.5
+TVR_ROW_WIDTH = 3072 + 768  # The release's ResNet-152 ++ I3D rows and RoBERTa subtitle rows.
+ANET_MAX_ROWS = 128
+GB = 1e9
+needs_tvr = pytest.mark.skipif(not os.path.exists(os.path.join(TVR_DIR, "tvr_video2dur_idx.json")),
+                               reason="real TVR annotation files not available")
+needs_anet = pytest.mark.skipif(not os.path.exists(os.path.join(ANET_DIR, "val_2.json")),
+                                reason="real ActivityNet Captions annotation files not available")
+
+
+def _close(stated: str, value: float, what: str):
+  """`stated` (a number as the doc writes it) is `value` rounded to the decimals written."""
+  places = dc.decimals(stated)
+  assert abs(dc.number(stated) - value) <= 0.5 * 10 ** -places + 1e-9, f"{what}: doc says {stated}, recomputed {value}"
+
+
+def _prose(doc: str) -> str:
+  return " ".join(dc.read_doc(doc).split())  # Line breaks of wrapped text are spaces.
+
+
+def _tvr_durations() -> dict[str, list[float]]:
+  with open(os.path.join(TVR_DIR, "tvr_video2dur_idx.json")) as f:
+    return {split: [float(v[0]) for v in videos.values()] for split, videos in json.load(f).items()}
+
+
+def _tvr_rows(duration: float) -> int:
+  return math.ceil(round(duration / TVR_ROW_SECONDS, 6))
+
+
+def _tvr_table() -> dict[str, list[str]]:
+  rows = dc.table_rows(dc.section("docs/getting_data.md", "## TVR"))
+  assert rows and rows[0][:2] == ["split", "videos"], "docs/getting_data.md: no TVR split table"
+  return {r[0]: r for r in rows[1:]}
+
+
+@needs_tvr
+def test_getting_data_tvr_counts_and_durations_are_the_releases():
+  durations = _tvr_durations()
+  table = _tvr_table()
+  assert set(table) == set(durations) | {"all"}, "one row per split of tvr_video2dur_idx.json, and all"
+  everything = [d for split in durations.values() for d in split]
+  for split, values in [*durations.items(), ("all", everything)]:
+    row = table[split]
+    _close(row[1], len(values), f"{split} videos")
+    stated = row[2].split("/")
+    assert len(stated) == 4, f"{split}: durations are min / median / mean / max"
+    for text, value, what in zip(stated, (min(values), statistics.median(values), statistics.fmean(values),
+                                          max(values)), ("min", "median", "mean", "max")):
+      _close(text, value, f"{split} {what} duration")
+  prose = _prose("docs/getting_data.md")
+  prepared = [s for s in durations if s != "test_challenge"]
+  assert f"{sum(len(durations[s]) for s in prepared):,} videos" in prose  # What data_prep.tvr prepares.
+  longest = sum(1 for d in durations["train"] if d > 96 * TVR_ROW_SECONDS)
+  assert f"the {longest} train videos" in prose
+
+
+@needs_tvr
+def test_getting_data_tvr_sizes_are_their_arithmetic():
+  """Rows per video recomputed from the durations; every GB figure = videos x rows x 3,840 x 4 bytes."""
+  durations = _tvr_durations()
+  table = _tvr_table()
+  exact_total, stated_total = 0.0, 0.0
+  for split in ("train", "val", "test_public"):
+    row = table[split]
+    rows = [_tvr_rows(d) for d in durations[split]]
+    _close(row[3], statistics.fmean(rows), f"{split} rows per video")
+    exact = sum(rows) * TVR_ROW_WIDTH * 4 / GB
+    stated = dc.number(row[1]) * dc.number(row[3]) * TVR_ROW_WIDTH * 4 / GB
+    _close(row[4], exact, f"{split} prepared GB")
+    _close(row[4], stated, f"{split} prepared GB from the table's own videos x rows")
+    exact_total += exact
+    stated_total += stated
+  _close(table["all"][4], exact_total, "all prepared GB")
+  _close(table["all"][4], stated_total, "all prepared GB from the table")
+  # The worked arithmetic of the prose: `a x b x c x 4 B = n GB`.
+  prose = _prose("docs/getting_data.md")
+  worked = re.findall(r"((?:\d[\d,.]* x )+4 B) = (\d[\d.]*) GB", prose)
+  assert len(worked) >= 4, "the doc shows its size arithmetic"
+  for product, stated in worked:
+    _close(stated, math.prod(dc.number(f) for f in product[:-2].split(" x ")) / GB, f"{product} = {stated} GB")
+  for split in ("train", "val", "test_public"):  # The worked lines are the table's figures.
+    row = table[split]
+    assert f"{split} {row[1]} x {row[3]} x {TVR_ROW_WIDTH:,} x 4 B = {row[4]}" in prose, f"{split}: no worked size"
+  # Disk: archive + unpacked + prepared fit in what it says to keep free; time at the measured rate.
+  parts = re.search(r"\((\d+) \+ (\d+) \+ ([\d.]+) GB", prose)
+  free = re.search(r"keep about (\d+) GB free", prose)
+  assert parts and free and sum(float(p) for p in parts.groups()) <= float(free.group(1))
+  assert float(parts.group(3)) == dc.number(table["all"][4])
+  seconds = re.search(r"writing ([\d.]+) GB takes about \d+ minutes? \((\d+) s\)", prose)
+  rate = float(re.search(r"\((\d+) MB/s of features written", prose).group(1))
+  assert seconds and round(float(seconds.group(1)) * GB / (rate * 1e6)) == int(seconds.group(2))
+
+
+def _anet() -> dict[str, dict]:
+  out = {}
+  for split in ("train", "val_1", "val_2"):
+    with open(os.path.join(ANET_DIR, f"{split}.json")) as f:
+      out[split] = json.load(f)
+  return out
+
+
+@needs_anet
+def test_getting_data_activitynet_sizes_count_every_split():
+  """val_2 is stored again; every GB figure = stored videos x 128 rows x width x 4 bytes."""
+  splits = _anet()
+  rows = dc.table_rows(dc.section("docs/getting_data.md", "## ActivityNet Captions"))
+  header, table = rows[0], {r[0]: r for r in rows[1:]}
+  assert header[:3] == ["split", "videos", "queries"] and set(table) == set(splits) | {"all"}
+  widths = {i: int(re.search(r"\((\d+)-d\)", cell).group(1)) for i, cell in enumerate(header) if "-d)" in cell}
+  assert sorted(widths.values()) == [500, 1024, 2048]
+  stored = sum(len(v) for v in splits.values())
+  for split, videos in [*splits.items(), ("all", None)]:
+    row = table[split]
+    n = len(videos) if videos is not None else stored
+    queries = (sum(len(v["sentences"]) for v in videos.values()) if videos is not None else
+               sum(len(v["sentences"]) for s in splits.values() for v in s.values()))
+    _close(row[1], n, f"{split} videos")
+    _close(row[2], queries, f"{split} queries")
+    for column, dim in widths.items():
+      _close(row[column], n * ANET_MAX_ROWS * dim * 4 / GB, f"{split} {header[column]}")
+  prose = _prose("docs/getting_data.md")
+  assert set(splits["val_2"]) <= set(splits["val_1"])
+  distinct = len(set().union(*splits.values()))
+  assert f"({distinct:,} distinct videos, {stored:,} stored)" in prose
+  worked = re.findall(r"((?:\d[\d,.]* x )+4 B) = (\d[\d.]*) GB for I3D", prose)
+  assert worked and worked[0][0] == f"{stored:,} x {ANET_MAX_ROWS} x 1,024 x 4 B"
+  _close(worked[0][1], stored * ANET_MAX_ROWS * 1024 * 4 / GB, "I3D at most")
+  # At 1 FPS a video has about one I3D row per second, at most 128.
+  durations = [v["duration"] for s in splits.values() for v in s.values()]
+  short = re.search(r"([\d,]+) of the ([\d,]+) stored videos are shorter than 128 s", prose)
+  assert short and dc.number(short.group(1)) == sum(1 for d in durations if d < ANET_MAX_ROWS)
+  assert dc.number(short.group(2)) == stored
+  one_fps = sum(min(ANET_MAX_ROWS, max(1, math.floor(d))) for d in durations)
+  about = re.search(r"about ([\d.]+) GB \(([\d,]+) rows x 1,024 x 4 B\)", prose)
+  assert about and dc.number(about.group(2)) == one_fps
+  _close(about.group(1), one_fps * 1024 * 4 / GB, "I3D at 1 FPS")
+
+
+def test_getting_data_conversion_snippets_make_what_data_prep_reads(tmp_path, monkeypatch):
+  """The h5py/numpy snippets, run as written on a group-per-video h5 and an odd .npy folder."""
+  import h5py
+  import helpers as dh
+  from data_prep import features
+  from data_prep.activitynet import prepare_activitynet
+  blocks = dc.fenced_blocks("docs/getting_data.md", "python")
+  assert len(blocks) == 2, "the C3D (group per video) and .npy-folder conversions"
+  ann = dh.anet_annotations(3)
+  raw = dh.anet_features(ann, dim=6)
+  monkeypatch.chdir(tmp_path)
+  with h5py.File("sub_activitynet_v1-3.c3d.hdf5", "w") as f:  # The challenge's layout: v_xxx/c3d_features.
+    for vid, x in raw.items():
+      f.create_dataset(f"{vid}/c3d_features", data=x.astype(np.float64))
+  os.makedirs("i3d_release")
+  names = sorted(raw)
+  np.save("i3d_release/" + names[0][2:] + ".npy", raw[names[0]][:, None, None, :])  # no v_, [T, 1, 1, D]
+  np.save("i3d_release/" + names[1][2:] + ".npy", raw[names[1]][None])              # no v_, [1, T, D]
+  np.save("i3d_release/" + names[2] + ".npy", raw[names[2]])                         # already right
+  for code in blocks:
+    exec(compile(code, "docs/getting_data.md", "exec"), {"__name__": "__doc__"})
+  for path in ("activitynet/c3d_features.h5", "activitynet/i3d_features"):
+    source = features.FeatureFile(path, "video")
+    assert features.check_videos(source, names) == 6, path
+    for vid in names:
+      np.testing.assert_array_equal(source.read(vid), raw[vid])
+    source.close()
+  dh.write_json("val_1.json", ann)
+  manifest = prepare_activitynet(str(tmp_path / "prepared"), split_files={"val_1": "val_1.json"},
+                                 video_feature="activitynet/c3d_features.h5", max_frames=8)
+  assert manifest["video_dim"] == 6 and manifest["splits"]["val_1"]["num_videos"] == 3
+
+
+def _local_links(doc: str):
+  for target in re.findall(r"\]\(([^)\s]+)\)", dc.read_doc(doc)):
+    if not re.match(r"[a-z]+://|mailto:", target):
+      yield target
+
+
+def test_no_doc_points_into_shared_and_every_local_link_resolves():
+  """../shared (the project's reference files) is not part of the repository a user has."""
+  for doc in dc.DOC_FILES:
+    text = dc.read_doc(doc)
+    bad = re.findall(r"(?:\.\./)+shared\b[^\s)`]*|(?<![\w/])shared/(?:docs|data|paper|fixtures)/[^\s)`]*", text)
+    assert not bad, f"{doc} points into the project's shared folder: {bad}"
+    for target in _local_links(doc):
+      path, _, anchor = target.partition("#")
+      resolved = os.path.normpath(os.path.join(dc.ROOT, os.path.dirname(doc), path)) if path else \
+          os.path.join(dc.ROOT, doc)
+      assert os.path.exists(resolved), f"{doc}: link {target} has no target"
+      if anchor and resolved.endswith(".md"):
+        assert anchor in dc.anchors(os.path.relpath(resolved, dc.ROOT)), f"{doc}: no heading for #{anchor}"
+  assert "paper_notes.md" in dc.read_doc("docs/reproducing.md") and "paper_notes.md" in dc.read_doc(
+      "docs/data_format.md")
+
+
+def test_reproducing_md_uses_bert_base_uncased_for_data_and_model():
+  text = _prose("docs/reproducing.md")
+  assert "BERT-base uncased" in text and "bert-base-uncased" in text
+  commands = dc.commands("docs/reproducing.md")
+  preparing = [c for c in commands if c.argv[:3] in (("python", "-m", "data_prep.tvr"),
+                                                     ("python", "-m", "data_prep.activitynet"))]
+  training = [c for c in commands if c.argv[:3] == ("python", "-m", "hammer_jax.main")]
+  assert {c.argv[2] for c in preparing} == {"data_prep.tvr", "data_prep.activitynet"} and training
+  checkpoints = set()
+  for command in preparing:
+    source, args = dc.python_target(command.argv)
+    assert "text_checkpoint" in dc.defined_flags(source), f"{command.argv[2]} has no --text_checkpoint"
+    checkpoints.add(dict(dc.given_flags(args)).get("text_checkpoint"))
+  for command in training:
+    checkpoints.add(dict(dc.given_flags(command.argv)).get("config.model.text_checkpoint"))
+  assert len(checkpoints) == 1 and "bert-base-uncased" in checkpoints.pop(), (
+      "the data is tokenised with the checkpoint the model is initialised from")
+  from configs import base
+  assert "text_checkpoint" in base.get_base_config().model
+
+
+def test_reproducing_md_prepares_each_feature_width_in_its_own_folder():
+  commands = [c for c in dc.commands("docs/reproducing.md") if c.argv[:3] == ("python", "-m", "data_prep.activitynet")]
+  folder = {dict(dc.given_flags(c.argv))["video_feature"]: dict(dc.given_flags(c.argv))["out_dir"] for c in commands}
+  resnet = [f for v, f in folder.items() if "resnet" in v.lower()]
+  i3d = [f for v, f in folder.items() if "i3d" in v.lower()]
+  assert len(resnet) == 1 and len(i3d) == 1 and resnet != i3d
+  table = dc.table_rows(dc.section("docs/reproducing.md", "## Table 1"))
+  column = table[0].index("`DATA`")
+  for row in table[1:]:
+    if row[0] == "ActivityNet":
+      expected = resnet[0] if row[1].startswith("ResNet") else i3d[0]
+      assert row[column] == f"`{expected}`", f"Table 1 row {row[:3]} names {row[column]}, prepared as {expected}"
+
+
+def test_switches_that_leave_the_paper_exist_with_the_stated_defaults():
+  from configs import activitynet, base, demo, tvr
+  rows = dc.table_rows(dc.section("docs/paper_notes.md", "## Switches that leave the paper"))
+  assert rows[0][:3] == ["switch", "default", "the paper"]
+  config = base.get_base_config()
+  named = {}
+  for row in rows[1:]:
+    field = re.fullmatch(r"`((?:data|model|loss|optim|eval)\.[a-z_]+)`", row[0])
+    assert field, f"switch cell {row[0]!r} is not one backquoted config field"
+    group, leaf = field.group(1).split(".")
+    assert leaf in config[group], f"configs/base.py has no {field.group(1)}"
+    default = ast.literal_eval(row[1].strip("`"))
+    assert config[group][leaf] == default and type(config[group][leaf]) is type(default), (
+        f"{field.group(1)}: the table says {row[1]}, configs/base.py has {config[group][leaf]!r}")
+    named[field.group(1)] = row
+  assert {"loss.use_dual_encoder", "model.dual_encoder_dim", "optim.new_layer_lr_multiplier",
+          "model.new_layer_init_std", "loss.frame_loss_reduction", "model.frame_position",
+          "model.decoding"} <= set(named)
+  # What the rows say of the dataset configs.
+  dual = named["loss.use_dual_encoder"][3].lower()
+  assert "off in `configs/tvr.py` and `configs/activitynet.py`" in dual and "`configs/demo.py` turns it on" in dual
+  for paper in (tvr.get_config(), activitynet.get_config()):
+    assert not paper.loss.use_dual_encoder and paper.optim.new_layer_lr_multiplier == 1.0
+  assert demo.get_config().loss.use_dual_encoder
+
+
+def test_data_format_md_lists_the_fields_the_code_writes_and_the_keys_it_batches(synthetic_prepared):
+  from data_prep import records
+  from hammer_jax.data import input_pipeline as ip
+  from helpers import pipeline_spec
+  text = dc.read_doc("docs/data_format.md")
+  videos_table = text[text.index("`videos` record"):text.index("`queries` record")]
+  documented = {re.sub(r"`", "", r[0]) for r in dc.table_rows(videos_table)[1:]}
+  assert documented == set(records.video_features(4, 3).keys())
+  queries_text = " ".join(text[text.index("`queries` record"):text.index("`prepared.json` records")].split())
+  for field in records.query_features().keys():
+    assert f"`{field}`" in queries_text, f"queries record field {field} is not documented"
+  batch_table = text[text.index("## Batches"):text.index("MLM masking follows BERT")]
+  keys = set()
+  for row in dc.table_rows(batch_table)[1:]:
+    keys |= set(re.findall(r"`([a-z_]+)`", row[0]))
+  spec = pipeline_spec(max_frames=16, max_query_len=12, clip_len=4, num_negatives=2, max_mlm_predictions=2)
+  train = next(iter(ip.TrainBatches(synthetic_prepared, "train", spec, local_batch_size=4, seed=0,
+                                    process_index=0, process_count=1)))
+  assert set(train) <= keys, f"training batch keys missing from the table: {set(train) - keys}"
+  videos = next(ip.eval_video_batches(synthetic_prepared, "val", spec, 4, process_index=0, process_count=1))
+  queries = next(ip.eval_query_batches([np.array([101, 7, 102], np.int32)], 12, 4, process_index=0,
+                                       process_count=1))
+  prose = " ".join(text[text.index("Corpus iteration for evaluation"):].split())
+  listed = re.findall(r"\(([^)]*)\)", prose)
+  assert {k.strip("` ") for k in listed[0].split(",")} == set(videos)
+  assert {k.strip("` ") for k in listed[1].split(",")} == set(queries)
+  assert set(train) | set(videos) | set(queries) == keys, f"documented but never batched: {keys - set(train) - set(videos) - set(queries)}"
