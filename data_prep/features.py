@@ -39,7 +39,12 @@ class FeatureFile:
 
   def _meta(self, name: str):
     if self._h5 is not None:
-      return self._h5[name]
+      node = self._h5[name]
+      if not isinstance(node, h5py.Dataset):  # e.g. one group per video with datasets inside
+        raise DataError(self.path, f"video {name}", self.field,
+                        f"is an h5 {type(node).__name__}, expected a [rows, dim] dataset (docs/getting_data.md "
+                        "shows how to convert)")
+      return node
     try:
       return np.load(os.path.join(self.path, name + ".npy"), mmap_mode="r")
     except (OSError, ValueError) as e:

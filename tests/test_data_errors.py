@@ -666,3 +666,14 @@ def test_other_vocabulary_is_refused(prepared_small):
     data.check_vocabulary(other, "/ckpt/bert-base-uncased")
   _assert_one_line(str(e.value), prepared_small, ours[:12], other[:12], "/ckpt/bert-base-uncased",
                    "--text_checkpoint")
+
+
+def test_feature_file_with_a_group_per_video(tmp_path, inp):
+  import h5py
+  name = inp.names[1]
+  with h5py.File(inp.video_h5, "a") as f:
+    del f[name]
+    f.create_group(name).create_dataset("c3d_features", data=inp.video[name])
+  with pytest.raises(DataError) as e:
+    _prepare(tmp_path, inp)
+  _assert_data_error(e, inp.video_h5, name, "video", "h5 Group", "getting_data.md")

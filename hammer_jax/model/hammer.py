@@ -1,7 +1,7 @@
-"""The HAMMER model (and its FLAT baseline), its split forward, and its construction.
+"""The HAMMER model (and its FLAT baseline) and its split forward (construction: build.py).
 
 `Hammer` (paper 3.3-3.4, supplement 6.1.3; readings fixed in
-`shared/docs/paper-notes.md`):
+docs/paper_notes.md):
 
   * one `BertEmbeddings` (the word table is shared by both text branches and the
     MLM head);
@@ -132,7 +132,7 @@ class Hammer(nn.Module):
     encoder = lambda: HierarchicalEncoder(bert, cfg.text_layers, cfg.video_layers, cfg.modalities,
                                           cfg.cross_modal, dt, jnp.float32, new_layer_config=new)
     # Frame position table: CCLS takes row 0, frame j of a clip row j+1 (in-clip,
-    # the paper-notes choice) or frame t row t+1 (absolute). FLAT's one clip is the
+    # the docs/paper_notes.md choice) or frame t row t+1 (absolute). FLAT's one clip is the
     # whole video, so in-clip and absolute coincide.
     if cfg.flat:
       frame_positions = cfg.max_frames + 1

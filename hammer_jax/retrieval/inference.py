@@ -20,7 +20,7 @@ shapes, no Python branching on values).
   joint (choice, `config.model.decoding = "joint"`): the pair (s, e), s <= e,
     maximising log p_start(s) + log p_end(e) (the max of Eq. 5 over pairs).
 
-`start <= end` (a one-frame moment is allowed, as in paper-notes; Eq. 5 writes
+`start <= end` (a one-frame moment is allowed, docs/paper_notes.md; Eq. 5 writes
 a strict `>` but ground-truth moments can be one frame long). A moment's score is
 log p_start + log p_end. `frames_to_seconds` maps frames to [st, ed) seconds.
 """

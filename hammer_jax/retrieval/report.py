@@ -18,17 +18,22 @@ def chance_levels(data_path: str, split: str = "val") -> dict[str, Any] | None:
     return json.load(f).get(split)
 
 
-def summary_table(results: dict[str, Any], chance: dict[str, Any] | None) -> str:
-  """Markdown: VR and VCMR (IoU 0.5 / 0.7) R@k, model vs chance, and VR median rank."""
+def summary_table(results: dict[str, Any], chance: dict[str, Any] | None, top_k: int = 100) -> str:
+  """Markdown: VR and VCMR (IoU 0.5 / 0.7) R@k, model vs chance, and VR median rank.
+
+  Columns stop at R@top_k: VCMR lists hold one moment in each of the top_k videos,
+  so a larger k would repeat R@top_k beside a chance level over the whole corpus.
+  """
+  ks = [k for k in KS if k <= top_k]
   rows = [("VR", lambda k: results["VR"][f"r{k}"], lambda k: chance["VR"][f"R@{k}"])]
   for iou in ("0.5", "0.7"):
     rows.append((f"VCMR IoU>={iou}", lambda k, i=iou: results["VCMR"][f"{i}-r{k}"],
                  lambda k, i=iou: chance["VCMR"][f"IoU={i}"][f"R@{k}"]))
-  lines = ["| metric | " + " | ".join(f"R@{k}" for k in KS) + " |", "|---" * (len(KS) + 1) + "|"]
+  lines = ["| metric | " + " | ".join(f"R@{k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
   for name, model, rand in rows:
-    lines.append(f"| {name} (model) | " + " | ".join(f"{model(k):.2f}" for k in KS) + " |")
+    lines.append(f"| {name} (model) | " + " | ".join(f"{model(k):.2f}" for k in ks) + " |")
     if chance:
-      lines.append(f"| {name} (chance) | " + " | ".join(f"{rand(k):.2f}" for k in KS) + " |")
+      lines.append(f"| {name} (chance) | " + " | ".join(f"{rand(k):.2f}" for k in ks) + " |")
   lines.append(f"\nVR median rank: {results['VR']['median_rank']:.1f}"
                + (" (chance: about half the corpus)" if chance else "")
                + f"; TL mIoU {results['TL']['mIoU']:.2f}"
@@ -36,9 +41,10 @@ def summary_table(results: dict[str, Any], chance: dict[str, Any] | None) -> str
   return "\n".join(lines)
 
 
-def final_summary(workdir: str, data, split: str, step: int, results: dict[str, Any], eval_dir: str) -> str:
+def final_summary(workdir: str, data, split: str, step: int, results: dict[str, Any], eval_dir: str,
+                  top_k: int = 100) -> str:
   """The text printed after training's final evaluation (the demo's closing table)."""
-  table = summary_table(results, chance_levels(data.path, split))
+  table = summary_table(results, chance_levels(data.path, split), top_k)
   return (f"\nHAMMER after {step} steps, {split} split of {data.path}:\n\n{table}\n\n"
           f"{where_things_are(workdir, eval_dir)}")
 

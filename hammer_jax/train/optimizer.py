@@ -7,8 +7,8 @@ steps, stays there, then drops to `decay_factors[i] * lr` at
 `new_layer_lr_multiplier` (choice; 1.0, the paper's single rate, in every paper
 config) scales the rate of the parameters trained from scratch: everything but
 the word/position embeddings, the text branches and the MLM head, which start from
-the pretrained BERT. The demo raises it: a short run cannot afford the hundreds of
-steps the random co-attention layers need at a rate suited to fine-tuning BERT.
+the pretrained BERT. Every config keeps it at 1.0: raising it is what made video
+retrieval collapse in an earlier demo (docs/training_dynamics.md).
 """
 
 from __future__ import annotations
