@@ -37,6 +37,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.mlm_seed = 1
   c.data.shuffle_buffer = 256         # in examples (queries); features are shared per video
   c.data.use_subtitles = True         # ignored when the data has none
+  c.data.num_readers = 0              # training streams making up the global batch; 0: one per process.
+                                      # The same count gives the same batches on any number of processes.
   c.data.synthetic = ml_collections.ConfigDict()  # make_synthetic_corpus kwargs (source "synthetic")
 
   c.model = ml_collections.ConfigDict()

@@ -8,16 +8,16 @@ shards are written here, each atomically (temp file + rename, then a progress
 record), and `tfds.folder_dataset.write_metadata` makes both folders ordinary
 TFDS datasets that `tfds.builder_from_directory` and tf.data read.
 
-A prepared dataset is replaced whole or not at all. Everything is written into
-a staging folder beside it (`<out_dir>.building`); only when every split is
-complete does the staging folder take the place of `out_dir` (two renames; a
-crash between them is repaired by the next run). So a failed or interrupted
-re-run leaves the previous dataset byte-identical and loadable, and the staging
-folder keeps the finished shards: a re-run with the same arguments continues
-where it stopped, and a re-run of a complete, up-to-date dataset does nothing.
-A run that prepares other splits than the folder holds is refused (it would
-otherwise drop or mix splits) unless `overwrite` says to replace it.
-`prepared.json` is written last, so its presence means the data is complete.
+A prepared dataset is replaced whole or not at all, locally and in a bucket
+(`gs://`, through hammer_jax.files): its records live in a folder named after
+the build (`out_dir/data-<build id>/`), and `out_dir/prepared.json` names the
+folder readers use. A run writes its own folder, then replaces prepared.json
+(one atomic write) and only then deletes the previous folder. So a failed or
+interrupted re-run leaves the previous dataset byte-identical and loadable; the
+new folder keeps its finished shards, and a re-run with the same arguments
+continues where it stopped; a re-run of a complete, up-to-date dataset does
+nothing. A run that prepares other splits than the folder holds is refused (it
+would otherwise drop or mix splits) unless `overwrite` says to replace them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 from typing import Any, Callable
 
@@ -48,14 +47,16 @@ def _refuse(out_dir: str, problem: str):
   return DataError(out_dir, "<folder>", "out_dir", problem)
 
 
+DATA_FOLDER_PREFIX = "data-"
+
+
 def existing_manifest(out_dir: str) -> dict[str, Any] | None:
   """The manifest of a complete prepared dataset at `out_dir`, or None."""
   path = os.path.join(out_dir, "prepared.json")
-  if not os.path.isfile(path):
+  if not files.isfile(path):
     return None
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(files.read_text(path))
   except (OSError, ValueError):
     return None
 
@@ -70,7 +71,7 @@ class PreparedWriter:
   def __init__(self, out_dir: str, *, source: str, video_dim: int, subtitle_dim: int,
                checkpoint: str, vocab_sha256: str, build_args: dict[str, Any], splits: list[str],
                videos_per_shard: int = 256, queries_per_shard: int = 50_000, overwrite: bool = False):
-    self.out_dir = os.path.abspath(out_dir)
+    self.out_dir = files.absolute(out_dir)
     self.source, self.video_dim, self.subtitle_dim = source, video_dim, subtitle_dim
     self.checkpoint, self.vocab_sha256 = checkpoint, vocab_sha256
     self.build_args = build_args
@@ -81,9 +82,9 @@ class PreparedWriter:
         {"source": source, "dims": [video_dim, subtitle_dim], "vocab": vocab_sha256, "args": build_args,
          "splits": sorted(splits), "videos_per_shard": videos_per_shard, "format": records.PREPARED_FORMAT_VERSION},
         sort_keys=True).encode()).hexdigest()
-    self.staging = self.out_dir + ".building"
+    self.data_folder = DATA_FOLDER_PREFIX + self.build_id[:16]
+    self.root = os.path.join(self.out_dir, self.data_folder)
     _check_out_dir(self.out_dir)
-    _recover_interrupted_swap(self.out_dir)
     existing = existing_manifest(self.out_dir)
     self.up_to_date = existing if existing and existing.get("build_id") == self.build_id else None
     if self.up_to_date:
@@ -92,23 +93,19 @@ class PreparedWriter:
       raise _refuse(self.out_dir, f"holds a prepared {existing['source']} corpus with splits "
                     f"{', '.join(sorted(existing['splits']))}; this run prepares {', '.join(sorted(splits))}: give "
                     "every split again, choose another --out_dir, or --overwrite to replace it")
-    if existing is None and os.path.isdir(self.out_dir) and os.listdir(self.out_dir) and not overwrite:
+    foreign = [n for n in files.listdir(self.out_dir) if not n.startswith(DATA_FOLDER_PREFIX)]
+    if existing is None and foreign and not overwrite:
       raise _refuse(self.out_dir, "exists and is not a prepared dataset (no prepared.json); choose another "
                     "--out_dir, or --overwrite to replace it")
-    # A staging folder of another build (other arguments or inputs) has nothing to resume.
-    id_file = os.path.join(self.staging, ".build_id")
-    if os.path.exists(self.staging) and not (os.path.exists(id_file) and open(id_file).read() == self.build_id):
-      shutil.rmtree(self.staging)
-    self.dirs = {name: os.path.join(self.staging, name, records.DATASET_VERSION) for name in ("videos", "queries")}
+    self.dirs = {name: os.path.join(self.root, name, records.DATASET_VERSION) for name in ("videos", "queries")}
     for d in self.dirs.values():
-      os.makedirs(d, exist_ok=True)
-    files.atomic_write(id_file, self.build_id)
+      files.makedirs(d)
     self.splits: dict[str, dict[str, Any]] = {}
 
   # -- one split -------------------------------------------------------------
 
   def _progress_dir(self, split: str) -> str:
-    return os.path.join(self.staging, ".progress", split)
+    return os.path.join(self.root, ".progress", split)
 
   def _start_split(self, split: str, entries: list[VideoEntry], queries: list[Query]) -> str:
     """Returns the split's progress folder, cleared when the build arguments changed."""
@@ -119,15 +116,15 @@ class PreparedWriter:
     build_id = hashlib.sha256(ident.encode()).hexdigest()
     progress = self._progress_dir(split)
     id_file = os.path.join(progress, "build_id")
-    if os.path.exists(id_file) and open(id_file).read() == build_id:
+    if files.exists(id_file) and files.read_text(id_file) == build_id:
       return progress
     # Different inputs: nothing of the old split may survive.
-    shutil.rmtree(progress, ignore_errors=True)
+    files.rmtree(progress)
     for name, d in self.dirs.items():
-      for f in os.listdir(d):
+      for f in files.listdir(d):
         if f.startswith(f"{name}-{split}.tfrecord-"):
-          os.remove(os.path.join(d, f))
-    os.makedirs(progress, exist_ok=True)
+          files.remove(os.path.join(d, f))
+    files.makedirs(progress)
     files.atomic_write(id_file, build_id)
     return progress
 
@@ -163,8 +160,8 @@ class PreparedWriter:
     for s in range(n_shards):
       done_file = os.path.join(progress, f"videos-{s:05d}.json")
       chunk = entries[s * self.videos_per_shard:(s + 1) * self.videos_per_shard]
-      if os.path.exists(done_file):
-        done = json.load(open(done_file))
+      if files.exists(done_file):
+        done = json.loads(files.read_text(done_file))
         frames_total += done["frames"]
         rows += done["rows"]
         seconds += done["frame_seconds"]
@@ -229,6 +226,7 @@ class PreparedWriter:
     manifest = {
         "format_version": records.PREPARED_FORMAT_VERSION,
         "build_id": self.build_id,
+        "data_folder": self.data_folder,
         "source": self.source,
         "video_dim": self.video_dim,
         "subtitle_dim": self.subtitle_dim,
@@ -244,18 +242,23 @@ class PreparedWriter:
       infos = [tfds.core.SplitInfo(name=split, shard_lengths=info[key], num_bytes=0)
                for split, info in manifest["splits"].items()]
       tfds.folder_dataset.write_metadata(
-          data_dir=self.dirs[dataset], features=spec, split_infos=infos,
+          data_dir=files.native(self.dirs[dataset]), features=spec, split_infos=infos,
           filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", check_data=False,
           description=f"hammer_jax prepared {self.source} {dataset}")
-    shutil.rmtree(os.path.join(self.staging, ".progress"), ignore_errors=True)
-    os.remove(os.path.join(self.staging, ".build_id"))
-    files.atomic_write(os.path.join(self.staging, "prepared.json"), json.dumps(manifest, indent=1, sort_keys=True))
-    _swap_in(self.staging, self.out_dir)
+    files.rmtree(os.path.join(self.root, ".progress"))
+    # The switch: from here on readers use the new folder; then nothing else of ours is needed.
+    files.atomic_write(os.path.join(self.out_dir, "prepared.json"), json.dumps(manifest, indent=1, sort_keys=True))
+    for name in files.listdir(self.out_dir):
+      if name.startswith(DATA_FOLDER_PREFIX) and name != self.data_folder or name in ("videos", "queries",
+                                                                                      ".progress"):
+        files.rmtree(os.path.join(self.out_dir, name))  # Earlier builds (and the pre-data-folder layout).
     return manifest
 
 
 def _check_out_dir(out_dir: str) -> None:
-  """One line when `out_dir` cannot be a folder of ours (a file, an uncreatable or read-only place)."""
+  """One line when a local `out_dir` cannot be a folder of ours (a file, an uncreatable or read-only place)."""
+  if files.has_scheme(out_dir):
+    return  # A bucket: no folders to create, and permissions show at the first write.
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise _refuse(out_dir, "is a file, not a folder")
   parent = os.path.dirname(out_dir)
@@ -265,27 +268,6 @@ def _check_out_dir(out_dir: str) -> None:
     raise _refuse(out_dir, f"cannot create its folder {parent} ({e.strerror or e})") from None
   if not os.access(parent, os.W_OK):
     raise _refuse(out_dir, f"its folder {parent} is not writable")
-
-
-def _recover_interrupted_swap(out_dir: str) -> None:
-  """A crash between the two renames of `_swap_in` leaves `out_dir` missing and its old copy aside."""
-  parent, name = os.path.split(out_dir)
-  old = sorted(f for f in os.listdir(parent) if f.startswith(f"{name}.old-"))
-  for f in old:
-    path = os.path.join(parent, f)
-    if not os.path.exists(out_dir) and existing_manifest(path) is not None:
-      os.replace(path, out_dir)  # Put the complete previous dataset back.
-    else:
-      shutil.rmtree(path, ignore_errors=True)
-
-
-def _swap_in(staging: str, out_dir: str) -> None:
-  """The complete staging folder takes `out_dir`'s place; the previous dataset is then deleted."""
-  old = f"{out_dir}.old-{os.getpid()}"
-  if os.path.exists(out_dir):
-    os.replace(out_dir, old)
-  os.replace(staging, out_dir)
-  shutil.rmtree(old, ignore_errors=True)
 
 
 def format_summary(manifest: dict[str, Any]) -> str:

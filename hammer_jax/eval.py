@@ -3,13 +3,14 @@ r"""Eval binary: corpus retrieval + localisation of a trained workdir on a split
   python -m hammer_jax.eval --workdir=W [--split=val|test|SPLIT] [--step=N] [--top_k=100]
 
 Restores the workdir's config and latest (or `--step`) checkpoint and evaluates a
-split of its prepared data: `val` is the config's eval split, `test` TVR's
+split of its prepared data (local or `gs://`): `val` is the config's eval split, `test` TVR's
 test_public, and any other prepared split by name (ActivityNet's `val_2`). It
 writes `W/eval/<split>_step<N>/` (`retrieval/evaluator.py`: predictions.json in
 the TVR submission layout, metrics.json/.md, Figures 2-3 and 5) and TensorBoard
 scalars under W/tensorboard. A split without ground truth (test_public) yields
-predictions.json only. On several hosts every process runs the same command;
-each scores its share of the queries.
+predictions.json only. On several hosts every process runs the same command
+(with the same start-up flags as training, `hammer_jax/startup.py`); each
+scores its share of the queries and process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags, logging
+
+from hammer_jax import startup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).", required=True)
@@ -33,8 +36,7 @@ def split_name(config, split: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from hammer_jax import logs
-  logs.quiet_library_logs()
+  startup.start()
   import jax
   from hammer_jax import workdir as workdirs
   from hammer_jax.data import prepared_data

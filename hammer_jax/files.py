@@ -1,52 +1,187 @@
-"""Writing a file whole or not at all: the one atomic-write rule of the project.
+"""The files of a job, local or in a cloud bucket (`gs://`), through one path abstraction.
 
-A reader (a restarted job, a concurrent searcher, the next command) must never
-see half a file: a killed run, a full disk or a crash leaves either the previous
-file or the complete new one. Locally that is a temporary file in the same
-folder, flushed and synced, then `os.replace` (atomic on POSIX); a leftover
-temporary file is hidden (`.name.tmp-PID`) and harmless.
+Every path a job reads or writes (prepared data, workdirs, checkpoints,
+TensorBoard logs, predictions, search indices) goes through this module, never
+through `open` / `os.path`: `etils.epath` (what Orbax and TFDS use) handles local
+paths and `gs://` (with TensorFlow installed, through `tf.io.gfile`). Libraries
+that take a path themselves (tf.data, TensorBoard writers, TFDS, Orbax) get
+`native(p)`. Inputs of data preparation that only local readers can open (h5
+feature files, tokenizer folders) stay local paths.
+
+Writing a file whole or not at all is the one atomic-write rule of the project:
+a reader (a restarted job, a concurrent searcher, the next command) never sees
+half a file. Locally: a hidden temporary file in the same folder, flushed and
+synced, then `os.replace` (atomic on POSIX). In a bucket an object appears only
+once its upload is complete, so the content is written locally and uploaded
+whole.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Callable
 
+from etils import epath
 
-def temporary_path(path: str) -> str:
-  """A hidden sibling of `path` unique to this process (same folder, so the rename is atomic)."""
-  folder, name = os.path.split(path)
+REMOTE_PREFIXES = ("gs://", "s3://")
+
+
+def path(p) -> epath.Path:
+  """The epath of `p` (a str, os.PathLike or epath)."""
+  return epath.Path(p)
+
+
+def native(p) -> str:
+  """`p` as the libraries that open paths themselves want it (tf.data, TensorBoard, TFDS, Orbax)."""
+  return os.fspath(path(p))
+
+
+def is_remote(p) -> bool:
+  """A bucket path (no rename, no partial files: objects appear whole)."""
+  return str(p).startswith(REMOTE_PREFIXES)
+
+
+def has_scheme(p) -> bool:
+  """`scheme://...` (a bucket or any other filesystem epath knows), not a local path."""
+  return "://" in str(p)
+
+
+def absolute(p) -> str:
+  """An absolute form of `p` that names the same file from any working directory."""
+  return str(p) if has_scheme(p) else os.path.abspath(p)
+
+
+def join(p, *parts: str) -> str:
+  return str(path(p).joinpath(*parts))
+
+
+def exists(p) -> bool:
+  return path(p).exists()
+
+
+def isdir(p) -> bool:
+  return path(p).is_dir()
+
+
+def isfile(p) -> bool:
+  return path(p).is_file()
+
+
+def makedirs(p) -> None:
+  path(p).mkdir(parents=True, exist_ok=True)
+
+
+def listdir(p) -> list[str]:
+  """Names in folder `p` (sorted); [] when it does not exist."""
+  q = path(p)
+  return sorted(c.name for c in q.iterdir()) if q.exists() else []
+
+
+def read_text(p) -> str:
+  return path(p).read_text(encoding="utf-8")
+
+
+def read_bytes(p) -> bytes:
+  return path(p).read_bytes()
+
+
+def size(p) -> int:
+  """Bytes of file `p`."""
+  return int(path(p).stat().length)
+
+
+def remove(p) -> None:
+  """Deletes a file (nothing when it is already gone)."""
+  q = path(p)
+  if q.exists():
+    q.unlink()
+
+
+def rmtree(p) -> None:
+  """Deletes a folder and everything in it (nothing when it is already gone)."""
+  q = path(p)
+  if q.exists():
+    q.rmtree()
+
+
+def temporary_path(p: str) -> str:
+  """A hidden sibling of local file `p` unique to this process (same folder: the rename is atomic)."""
+  folder, name = os.path.split(native(p))
   return os.path.join(folder, f".{name}.tmp-{os.getpid()}")
 
 
-def atomic_write_with(path: str, write: Callable[[str], None]) -> None:
-  """`write(tmp_path)` creates the file's content at a temporary path, which then replaces `path`.
+def atomic_write_with(p, write: Callable[[str], None]) -> None:
+  """`write(local_tmp)` creates the content at a local temporary path, which then becomes `p` whole.
 
-  For writers that want a file name (h5py, numpy); `atomic_write` covers text and bytes.
-  The folder is created if needed. On any error the temporary file is removed and
-  `path` is left as it was.
+  For writers that want a local file name (h5py, numpy, TFRecordWriter,
+  matplotlib); `atomic_write` covers text and bytes. The folder is created if
+  needed. On any error the temporary file is removed and `p` is left as it was.
   """
-  folder = os.path.dirname(path)
-  if folder:
-    os.makedirs(folder, exist_ok=True)
-  tmp = temporary_path(path)
+  makedirs(path(p).parent)
+  if is_remote(p):
+    handle, tmp = tempfile.mkstemp(prefix=".hammer_jax-upload-")
+    os.close(handle)
+  else:
+    tmp = temporary_path(p)
   try:
     write(tmp)
-    with open(tmp, "rb+") as f:
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
+    if is_remote(p):
+      path(tmp).copy(path(p), overwrite=True)  # An object appears only once its upload is complete.
+    else:
+      with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+      os.replace(tmp, native(p))
+  finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-    raise
 
 
-def atomic_write(path: str, data: str | bytes) -> None:
-  """Writes `data` (str as UTF-8, or bytes) to `path` atomically."""
+def atomic_write(p, data: str | bytes) -> None:
+  """Writes `data` (str as UTF-8, or bytes) to `p` atomically."""
   payload = data.encode("utf-8") if isinstance(data, str) else data
 
   def write(tmp: str) -> None:
     with open(tmp, "wb") as f:
       f.write(payload)
 
-  atomic_write_with(path, write)
+  atomic_write_with(p, write)
+
+
+def download(p, write_to: Callable[[str], object]):
+  """Calls `write_to(local_path)` with `p` itself when local, else with a local copy of it.
+
+  For readers that need a local file (numpy's npz, h5py).
+  """
+  if not is_remote(p):
+    return write_to(native(p))
+  handle, tmp = tempfile.mkstemp(prefix=".hammer_jax-download-")
+  os.close(handle)
+  try:
+    path(p).copy(path(tmp), overwrite=True)
+    return write_to(tmp)
+  finally:
+    os.remove(tmp)
+
+
+def copytree(src, dst) -> None:
+  """Copies folder `src` into `dst` (e.g. a prepared dataset up to a bucket)."""
+  src_path = path(src)
+  for folder, _, names in src_path.walk():
+    rel = os.path.relpath(os.fspath(folder), os.fspath(src_path))
+    target = path(dst) if rel == "." else path(dst).joinpath(rel)
+    makedirs(target)
+    for name in names:
+      folder.joinpath(name).copy(target.joinpath(name), overwrite=True)
+
+
+def local_only(p, what: str) -> str:
+  """`p` as a local path for readers that cannot open buckets (h5py, tokenizers); one line otherwise."""
+  if is_remote(p):
+    raise ValueError(f"{p}: {what} must be a local path (copy it to local disk first)")
+  return os.fspath(p)
+
+
+__all__ = ["path", "native", "is_remote", "has_scheme", "absolute", "join", "exists", "isdir", "isfile", "makedirs", "listdir", "read_text",
+           "read_bytes", "remove", "rmtree", "temporary_path", "atomic_write_with", "atomic_write", "download",
+           "copytree", "local_only"]

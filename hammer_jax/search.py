@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import sys
 
+from hammer_jax import startup
 from hammer_jax.retrieval.searcher import Moment, MomentSearcher, SearchError  # noqa: F401  (the API)
 
 
@@ -59,10 +60,10 @@ def main(argv):
     sys.exit("error: give --query=TEXT or --interactive")
   if f.query is not None and not f.query.strip():
     sys.exit("error: empty query")  # before loading anything
-  from hammer_jax import logs, workdir
+  from hammer_jax import workdir
   from hammer_jax.data import prepared_data
   from hammer_jax.model import pretrained
-  logs.quiet_library_logs()
+  startup.start()
   _quiet_startup_notices()
 
   def answer(searcher: MomentSearcher, text: str) -> None:

@@ -40,10 +40,9 @@ def load_config(workdir: str):
   import ml_collections
   from configs import base
   path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise RestoreError(f"{workdir}: no config.json (not a training workdir; run hammer_jax.main first)")
-  with open(path, encoding="utf-8") as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(files.read_text(path)))
   _fill_defaults(config, base.get_base_config())
   return config
 
@@ -83,7 +82,7 @@ def open_data(config, workdir: str) -> prepared_data.PreparedData:
   """
   if config.data.source == "synthetic" and not config.data.prepared_dir:
     path = os.path.join(demo_data_dir(workdir), "prepared")
-    if not os.path.exists(os.path.join(path, "prepared.json")):
+    if not files.exists(os.path.join(path, "prepared.json")):
       raise prepared_data.PreparedDataError(
           f"{path}: the demo corpus of this workdir is missing or incomplete; the demo's training run builds it: "
           f"python -m hammer_jax.main --config=configs/demo.py --workdir={workdir}")
@@ -97,7 +96,7 @@ def restore(workdir: str, step: int | None = None) -> tuple[Any, prepared_data.P
   from hammer_jax.train import checkpointing, optimizer, state as train_state
   config = load_config(workdir)
   ckpt_dir = checkpoint_dir(workdir)
-  ckpt = checkpointing.Checkpointer(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+  ckpt = checkpointing.Checkpointer(ckpt_dir) if files.isdir(ckpt_dir) else None
   steps = ckpt.all_steps() if ckpt else []
   if not steps:
     raise RestoreError(f"{workdir}: no checkpoint; train first: python -m hammer_jax.main --workdir={workdir} "

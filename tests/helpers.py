@@ -321,9 +321,19 @@ def anet_features(ann: dict, dim: int = 4) -> dict[str, np.ndarray]:
 
 # -- prepared shards -------------------------------------------------------------
 
+def data_folder(out_dir: str) -> str:
+  """The folder holding a prepared dataset's records: the one prepared.json names, else the one being built."""
+  manifest = os.path.join(out_dir, "prepared.json")
+  if os.path.exists(manifest):
+    return os.path.join(out_dir, json.load(open(manifest))["data_folder"])
+  building = sorted(glob.glob(os.path.join(out_dir, "data-*")))
+  assert len(building) == 1, building
+  return building[0]
+
+
 def shard_files(out_dir: str, dataset: str = "videos", split: str | None = None) -> list[str]:
   pattern = f"{dataset}-{split}.tfrecord-*" if split else f"{dataset}-*.tfrecord-*"
-  return sorted(glob.glob(os.path.join(out_dir, dataset, "1.0.0", pattern)))
+  return sorted(glob.glob(os.path.join(data_folder(out_dir), dataset, "1.0.0", pattern)))
 
 
 def tfrecord_offsets(path: str) -> list[tuple[int, int]]:

@@ -258,8 +258,8 @@ def test_anomalies_repaired_and_counted(raw, prepared):
 def test_tfds_view_and_eval_batches(raw, prepared):
   import tensorflow_datasets as tfds
   from hammer_jax.data.input_pipeline import eval_video_batches
-  vb = tfds.builder_from_directory(os.path.join(prepared["out"], "videos", "1.0.0"))
-  qb = tfds.builder_from_directory(os.path.join(prepared["out"], "queries", "1.0.0"))
+  vb = tfds.builder_from_directory(os.path.join(dh.data_folder(prepared["out"]), "videos", "1.0.0"))
+  qb = tfds.builder_from_directory(os.path.join(dh.data_folder(prepared["out"]), "queries", "1.0.0"))
   assert vb.info.splits["val_1"].num_examples == 4917
   assert qb.info.splits["val_1"].num_examples == 17505
   first = next(iter(vb.as_dataset(split="val_1[:1]").as_numpy_iterator()))

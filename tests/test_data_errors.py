@@ -382,8 +382,9 @@ def _crash_after(monkeypatch, n_reads: int):
 
 
 def _dataset_files(out: str) -> list[str]:
+  root = dh.data_folder(out)
   return sorted(f"{d}/1.0.0/{f}" for d in ("videos", "queries")
-                for f in os.listdir(os.path.join(out, d, "1.0.0")))
+                for f in os.listdir(os.path.join(root, d, "1.0.0")))
 
 
 def _stat(path: str):
@@ -402,19 +403,17 @@ def test_interrupted_write_keeps_finished_shards(tmp_path, monkeypatch):
   with pytest.raises(SimulatedCrash):
     _prepare(tmp_path, inp, videos_per_shard=2)
   monkeypatch.undo()
-  assert _no_manifest(out) and not os.path.exists(out)  # Nothing at out_dir until the dataset is complete.
-  staging = out + ".building"
+  assert _no_manifest(out)  # No prepared.json until the dataset is complete.
   # Only finished shards carry final names: no partial shard, no temp file, no query shard yet.
-  assert _dataset_files(staging) == ["videos/1.0.0/videos-val.tfrecord-00000-of-00004",
-                                     "videos/1.0.0/videos-val.tfrecord-00001-of-00004"]
-  finished = dh.shard_files(staging, "videos", "val")
+  assert _dataset_files(out) == ["videos/1.0.0/videos-val.tfrecord-00000-of-00004",
+                                 "videos/1.0.0/videos-val.tfrecord-00001-of-00004"]
+  finished = dh.shard_files(out, "videos", "val")
   assert [_count_records(p) for p in finished] == [2, 2]
   before = {p: _stat(p) for p in finished}
 
   m = _prepare(tmp_path, inp, videos_per_shard=2)
-  assert not _no_manifest(out) and not os.path.exists(staging)
-  moved = {p.replace(staging, out): v for p, v in before.items()}
-  assert {p: _stat(p) for p in moved} == moved  # Not rewritten: the same files, moved in with the folder.
+  assert not _no_manifest(out)
+  assert {p: _stat(p) for p in finished} == before  # Not rewritten.
   assert m["splits"]["val"].get("video_shards_reused", 2) == 2
   assert (m["splits"]["val"]["num_videos"], m["splits"]["val"]["num_queries"]) == (7, 14)
   assert m["splits"]["val"]["num_frames"] == sum(len(v) for v in inp.video.values())
@@ -425,7 +424,7 @@ def test_interrupted_write_keeps_finished_shards(tmp_path, monkeypatch):
   assert names == [f for f in _dataset_files(out) if ".tfrecord-" in f]
   assert len(names) == 5
   for f in names:
-    with open(os.path.join(out, f), "rb") as a, open(os.path.join(ref, f), "rb") as b:
+    with open(os.path.join(dh.data_folder(out), f), "rb") as a, open(os.path.join(dh.data_folder(ref), f), "rb") as b:
       assert a.read() == b.read(), f
 
 
@@ -440,8 +439,9 @@ def test_rerun_with_other_arguments_rewrites_the_split(tmp_path):
 
   m = _prepare(tmp_path, inp, videos_per_shard=2, max_query_len=6)
   after = {p: _stat(p) for p in dh.shard_files(out, "videos")}
-  assert sorted(after) == sorted(before)
-  assert all(after[p] != before[p] for p in before)  # Every video shard written again.
+  assert [os.path.basename(p) for p in after] == [os.path.basename(p) for p in before]
+  assert not any(os.path.exists(p) for p in before)  # Every video shard written again, the old ones gone.
+  assert sorted(os.listdir(out)) == sorted(["prepared.json", os.path.basename(dh.data_folder(out))])
   assert _prepare(tmp_path, inp, videos_per_shard=2, max_query_len=6).get("up_to_date")  # A re-run: no-op.
   assert {p: _stat(p) for p in dh.shard_files(out, "videos")} == after
   assert m["max_query_len_prepared"] == 6 and m["splits"]["val"].get("video_shards_reused", 0) == 0
@@ -457,8 +457,10 @@ def test_rerun_with_other_arguments_rewrites_the_split(tmp_path):
 
 
 def _tree_bytes(root: str) -> dict[str, bytes]:
-  out = {}
-  for folder, _, names in os.walk(root):
+  """Every file of the dataset prepared.json describes: the manifest and its data folder."""
+  out = {"prepared.json": open(os.path.join(root, "prepared.json"), "rb").read()}
+  data = dh.data_folder(root)
+  for folder, _, names in os.walk(data):
     for n in names:
       path = os.path.join(folder, n)
       out[os.path.relpath(path, root)] = open(path, "rb").read()
@@ -544,7 +546,7 @@ def test_checks_before_writing_cover_every_split(tmp_path):
     tvr.prepare_tvr(out, split_files={"train": train.jsonl, "val": inp.jsonl}, video_feature=[inp.video_h5],
                     subtitle_feature=inp.sub_h5)
   _assert_data_error(e, inp.video_h5, inp.names[2], "video", "not numbers")
-  assert not os.path.exists(out) and not os.path.exists(out + ".building")
+  assert not os.path.exists(out)
 
 
 @pytest.mark.parametrize("where", ["file", "uncreatable"])

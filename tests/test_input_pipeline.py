@@ -246,3 +246,22 @@ def test_global_batch_on_eight_devices(synthetic_prepared):
   assert batch["video"].shape[0] == 8
   assert len(batch["video"].sharding.device_set) == 8
   assert batch["video"].addressable_shards[3].data.shape[0] == 1
+
+
+def test_same_readers_give_the_same_global_batches_on_any_number_of_processes(synthetic_prepared):
+  """data.num_readers = 2: one process running both readers = two processes running one each (concatenated)."""
+  spec = pipeline_spec(max_frames=32, max_query_len=16, clip_len=4, num_negatives=3, shuffle_buffer=16,
+                       num_readers=2)
+  one = ip.TrainBatches(synthetic_prepared, "train", spec, local_batch_size=8, seed=0, process_index=0,
+                        process_count=1, start_step=2)
+  two = [ip.TrainBatches(synthetic_prepared, "train", spec, local_batch_size=4, seed=0, process_index=p,
+                         process_count=2, start_step=2, global_offset=4 * p) for p in range(2)]
+  assert one.num_examples == sum(t.num_examples for t in two) == synthetic_prepared.split("train")["num_queries"]
+  for _ in range(3):
+    a, parts = next(one), [next(t) for t in two]
+    for k in a:
+      np.testing.assert_array_equal(a[k], np.concatenate([p[k] for p in parts]), err_msg=k)
+  with pytest.raises(ValueError, match="does not divide over 2 processes"):
+    ip.TrainBatches(synthetic_prepared, "train", pipeline_spec(max_frames=32, max_query_len=16, clip_len=4,
+                                                               num_readers=3),
+                    local_batch_size=4, seed=0, process_index=0, process_count=2)

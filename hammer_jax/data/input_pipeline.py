@@ -56,6 +56,7 @@ class PipelineSpec:
   mlm_seed: int
   shuffle_buffer: int
   use_subtitles: bool
+  num_readers: int
 
   @classmethod
   def from_config(cls, data_config) -> "PipelineSpec":
@@ -126,57 +127,42 @@ def _labels(st, ed, frame_seconds, n, spec: PipelineSpec) -> dict[str, Any]:
           "frame_labels": tf.stack([b, e, o], axis=-1)}
 
 
-class TrainBatches:
-  """Infinite, deterministic, resumable training batches of one process (numpy dicts).
+class _Reader:
+  """One reader of the training stream: a contiguous range of the split's videos, batches of `batch_size`.
 
-  Args:
-    data: prepared corpus.
-    split: usually "train".
-    spec: pipeline settings (config.data).
-    local_batch_size: examples per step from this process (global / process_count).
-    seed: data-order seed (config.seed).
-    start_step: first step to produce (resuming).
-    global_offset: row of this process's first example in the global batch
-      (`neg_index` is global; see `local_batch_offset`).
+  Everything is a function of (seed, epoch) and the reader's range, so a reader
+  produces the same examples whichever process runs it.
   """
 
-  def __init__(self, data: PreparedData, split: str, spec: PipelineSpec, *, local_batch_size: int,
-               seed: int, start_step: int = 0, process_index: int | None = None,
-               process_count: int | None = None, global_offset: int = 0):
+  def __init__(self, data: PreparedData, split: str, spec: PipelineSpec, *, reader: int, num_readers: int,
+               batch_size: int, seed: int, start_step: int, per_video: np.ndarray, filter_cut: bool):
     import tensorflow as tf
-    self.spec, self.seed, self.step = spec, seed, start_step
-    self.local_batch_size, self.global_offset = local_batch_size, global_offset
-    self.process_index, self.process_count = _process(process_index, process_count)
+    self.spec, self.seed = spec, seed
     info = data.split(split)
     self.with_subtitles = bool(data.subtitle_dim) and spec.use_subtitles
-    self.special = data.manifest["special_token_ids"]
-    self.vocab_size = int(data.manifest["vocab_size"])
-    start, end = process_range(info["num_videos"], self.process_index, self.process_count)
-    fitting = fitting_queries(data, split, spec.max_frames)
-    self.filter_cut = fitting is not None
-    per_video = fitting if fitting is not None else np.asarray(info["queries_per_video"])
+    start, end = process_range(info["num_videos"], reader, num_readers)
+    self.filter_cut = filter_cut  # per_video counts only the queries the filter keeps
     self.num_examples = int(per_video[start:end].sum())
-    if fitting is not None and self.process_index == 0:
-      from absl import logging
-      total, kept = int(sum(info["queries_per_video"])), int(fitting.sum())
-      if kept < total:
-        logging.info("%s: %d of %d %s queries left out of training: their moment ends after the first %d frames",
-                     data.path, total - kept, total, split, spec.max_frames)
     if self.num_examples == 0:
-      raise ValueError(f"{data.path}: split '{split}' has no queries for process {self.process_index}")
+      raise ValueError(f"{data.path}: split '{split}' has no queries for reader {reader} of {num_readers}")
     builder = data.builder("videos")
     self.instructions = builder.info.splits[f"{split}[{start}:{end}]"].file_instructions
     self._features = builder.info.features
-    consumed = start_step * local_batch_size
-    first_epoch, skip = divmod(consumed, self.num_examples)
+    first_epoch, skip = divmod(start_step * batch_size, self.num_examples)
     ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(
         lambda e: self._epoch(e).skip(tf.where(e == first_epoch, tf.constant(skip, tf.int64),
                                                   tf.constant(0, tf.int64))))
-    ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(2)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
     self._iter = iter(ds.as_numpy_iterator())
 
+  def next(self) -> dict[str, np.ndarray]:
+    try:
+      return next(self._iter)
+    except _READ_ERRORS() as e:
+      raise find_bad_shard(self.instructions, e) from None
+
   def _epoch(self, epoch):
-    """All queries of this process's videos once, in an order fixed by (seed, epoch)."""
+    """All queries of this reader's videos once, in an order fixed by (seed, epoch)."""
     import tensorflow as tf
     files = tf.constant([i.filename for i in self.instructions])
     skips = tf.constant([i.skip for i in self.instructions], tf.int64)
@@ -216,20 +202,76 @@ class TrainBatches:
       per_query = per_query.filter(fits)
     return per_query.map(one)
 
+
+
+class TrainBatches:
+  """Infinite, deterministic, resumable training batches of one process (numpy dicts).
+
+  The global batch is made of `spec.num_readers` reader streams (0: one per
+  process), each over its own contiguous range of the split's videos; a process
+  runs the readers of its rows of the global batch. With the same number of
+  readers, one process and several produce the same global batches (and MLM
+  masks and negatives, which are drawn per reader block), so a run can move to
+  another topology and continue exactly.
+
+  Args:
+    data: prepared corpus.
+    split: usually "train".
+    spec: pipeline settings (config.data).
+    local_batch_size: examples per step from this process (global / process_count).
+    seed: data-order seed (config.seed).
+    start_step: first step to produce (resuming).
+    global_offset: row of this process's first example in the global batch
+      (`neg_index` is global; see `local_batch_offset`).
+  """
+
+  def __init__(self, data: PreparedData, split: str, spec: PipelineSpec, *, local_batch_size: int,
+               seed: int, start_step: int = 0, process_index: int | None = None,
+               process_count: int | None = None, global_offset: int = 0):
+    self.spec, self.seed, self.step = spec, seed, start_step
+    self.local_batch_size, self.global_offset = local_batch_size, global_offset
+    self.process_index, self.process_count = _process(process_index, process_count)
+    num_readers = spec.num_readers or self.process_count
+    if num_readers % self.process_count:
+      raise ValueError(f"data.num_readers={num_readers} does not divide over {self.process_count} processes")
+    per_process = num_readers // self.process_count
+    if local_batch_size % per_process:
+      raise ValueError(f"the per-process batch {local_batch_size} does not divide over its {per_process} readers "
+                       f"(data.num_readers={num_readers})")
+    self.block = local_batch_size // per_process
+    self.readers = range(self.process_index * per_process, (self.process_index + 1) * per_process)
+    self.special = data.manifest["special_token_ids"]
+    self.vocab_size = int(data.manifest["vocab_size"])
+    info = data.split(split)
+    fitting = fitting_queries(data, split, spec.max_frames)
+    per_video = fitting if fitting is not None else np.asarray(info["queries_per_video"])
+    if fitting is not None and self.process_index == 0:
+      from absl import logging
+      total, kept = int(sum(info["queries_per_video"])), int(fitting.sum())
+      if kept < total:
+        logging.info("%s: %d of %d %s queries left out of training: their moment ends after the first %d frames",
+                     data.path, total - kept, total, split, spec.max_frames)
+    self._readers = [_Reader(data, split, spec, reader=r, num_readers=num_readers, batch_size=self.block, seed=seed,
+                             start_step=start_step, per_video=per_video, filter_cut=fitting is not None)
+                     for r in self.readers]
+    self.num_examples = sum(r.num_examples for r in self._readers)
+    self.instructions = [i for r in self._readers for i in r.instructions]
+
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    try:
-      batch = next(self._iter)
-    except _READ_ERRORS() as e:
-      raise find_bad_shard(self.instructions, e) from None
-    rng = np.random.default_rng([self.spec.mlm_seed, self.step, self.process_index])
-    batch.update(sampling.mask_tokens(batch["query_ids"], batch["query_mask"], rng, self.spec, self.special,
-                             self.vocab_size))
-    rng = np.random.default_rng([self.seed, self.step, self.process_index, 7])
-    batch["neg_index"], batch["neg_mask"] = sampling.sample_negatives(
-        batch["video_index"], self.spec.num_negatives, rng, self.global_offset)
+    blocks = []
+    for i, (reader_id, reader) in enumerate(zip(self.readers, self._readers)):
+      batch = reader.next()
+      rng = np.random.default_rng([self.spec.mlm_seed, self.step, reader_id])
+      batch.update(sampling.mask_tokens(batch["query_ids"], batch["query_mask"], rng, self.spec, self.special,
+                                        self.vocab_size))
+      rng = np.random.default_rng([self.seed, self.step, reader_id, 7])
+      batch["neg_index"], batch["neg_mask"] = sampling.sample_negatives(
+          batch["video_index"], self.spec.num_negatives, rng, self.global_offset + i * self.block)
+      blocks.append(batch)
+    batch = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]} if len(blocks) > 1 else blocks[0]
     batch["example_mask"] = np.ones(self.local_batch_size, np.int32)
     self.step += 1
     return batch

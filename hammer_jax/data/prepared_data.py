@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from hammer_jax import files
+
 # Version folder of the two TFDS datasets (`videos/<version>`, `queries/<version>`); data_prep writes it.
 DATASET_VERSION = "1.0.0"
 PREPARE_HINT = ("run `python -m data_prep.make_synthetic` + `python -m data_prep.tvr`, "
@@ -57,7 +59,8 @@ class PreparedData:
   def builder(self, dataset: str):
     """The TFDS builder of `videos` or `queries`."""
     import tensorflow_datasets as tfds
-    return tfds.builder_from_directory(os.path.join(self.path, dataset, DATASET_VERSION))
+    folder = os.path.join(self.path, self.manifest.get("data_folder", ""), dataset, DATASET_VERSION)
+    return tfds.builder_from_directory(files.native(folder))
 
   def check_vocabulary(self, vocab_sha256: str | None, checkpoint: str = "") -> None:
     """Refuses data tokenised with another vocabulary than the model's."""
@@ -79,11 +82,9 @@ def open_prepared(path: str) -> PreparedData:
   if not path:
     raise PreparedDataError(f"no prepared data folder configured (config.data.prepared_dir); {PREPARE_HINT}")
   manifest_path = os.path.join(path, "prepared.json")
-  if not os.path.exists(manifest_path):
+  if not files.exists(manifest_path):
     raise PreparedDataError(f"{path}: no prepared.json (not prepared, or preparation did not finish); {PREPARE_HINT}")
-  with open(manifest_path, encoding="utf-8") as f:
-    manifest = json.load(f)
-  return PreparedData(os.path.abspath(path), manifest)
+  return PreparedData(files.absolute(path), json.loads(files.read_text(manifest_path)))
 
 
 @dataclasses.dataclass

@@ -71,7 +71,10 @@ class Corpus:
   @classmethod
   def load(cls, path: str) -> tuple["Corpus", dict[str, Any]]:
     """(corpus, meta) from `save`'s file; OSError / ValueError / KeyError when unreadable."""
-    with np.load(path, allow_pickle=False) as z:
-      meta = json.loads(str(z["meta"]))
-      parts = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("parts/")}
-      return cls(parts, z["video_index"], z["duration"], z["frame_seconds"]), meta
+    def read(local: str):
+      with np.load(local, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        parts = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("parts/")}
+        return cls(parts, z["video_index"], z["duration"], z["frame_seconds"]), meta
+
+    return files.download(path, read)

@@ -197,8 +197,7 @@ def write_submission(path: str, obj: dict, *, validated: bool = False) -> None:
 
 def load_submission(path: str, validate: bool = True) -> dict:
   """Reads a prediction file (and validates it unless `validate=False`)."""
-  with open(path, encoding="utf-8") as f:
-    obj = json.load(f)
+  obj = json.loads(files.read_text(path))
   if validate:
     validate_submission(obj)
   return obj

@@ -6,16 +6,17 @@ import json
 import os
 from typing import Any
 
+from hammer_jax import files
+
 KS = (1, 5, 10, 100)
 
 
 def chance_levels(data_path: str, split: str = "val") -> dict[str, Any] | None:
   """A synthetic corpus's chance levels (`chance.json` beside its prepared folder), or None for other data."""
-  path = os.path.join(os.path.dirname(os.path.abspath(data_path)), "raw", "chance.json")
-  if not os.path.exists(path):
+  path = os.path.join(os.path.dirname(files.absolute(data_path).rstrip("/")), "raw", "chance.json")
+  if not files.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f).get(split)
+  return json.loads(files.read_text(path)).get(split)
 
 
 def summary_table(results: dict[str, Any], chance: dict[str, Any] | None, top_k: int = 100) -> str:

@@ -58,19 +58,19 @@ def read_subtitles(path: str) -> dict[str, list[dict[str, Any]]]:
   """TVR's `tvqa_preprocessed_subtitles.jsonl`: {vid_name: [{"start", "end", "text"}, ...]} (seconds)."""
   out: dict[str, list[dict[str, Any]]] = {}
   try:
-    with open(path, encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          rec = json.loads(line)
-          out[str(rec["vid_name"])] = [{"start": float(s["start"]), "end": float(s["end"]), "text": str(s["text"])}
-                                       for s in rec["sub"]]
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-          raise SearchError(f"{path}: line {n}: not a subtitle record {{vid_name, sub: [{{start, end, text}}]}} "
-                            f"({e.__class__.__name__}: {e})") from None
-  except OSError as e:
-    raise SearchError(f"{path}: cannot read subtitles ({e.strerror or e})") from None
+    text = files.read_text(path)
+  except (OSError, UnicodeDecodeError) as e:
+    raise SearchError(f"{path}: cannot read subtitles ({getattr(e, 'strerror', None) or e})") from None
+  for n, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      rec = json.loads(line)
+      out[str(rec["vid_name"])] = [{"start": float(s["start"]), "end": float(s["end"]), "text": str(s["text"])}
+                                   for s in rec["sub"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+      raise SearchError(f"{path}: line {n}: not a subtitle record {{vid_name, sub: [{{start, end, text}}]}} "
+                        f"({e.__class__.__name__}: {e})") from None
   return out
 
 
@@ -200,7 +200,7 @@ class MomentSearcher:
     why = "not built yet"
     if rebuild:
       why = "--rebuild_index"
-    elif os.path.exists(path):
+    elif files.exists(path):
       try:
         corpus, stored = Corpus.load(path)
         if stored.get("fingerprint") == meta["fingerprint"]:
@@ -220,9 +220,9 @@ class MomentSearcher:
     seconds = time.time() - t0
     corpus.save(path, meta)
     files.atomic_write(path[:-len(".npz")] + ".json", json.dumps(
-        dict(meta, build_seconds=round(seconds, 3), bytes=os.path.getsize(path)), indent=1))
+        dict(meta, build_seconds=round(seconds, 3), bytes=files.size(path)), indent=1))
     logging.info("index: built %s (%d videos, %.1f MB; reason: %s) in %.2f s", path, len(corpus),
-                 os.path.getsize(path) / 1e6, why, seconds)
+                 files.size(path) / 1e6, why, seconds)
     return corpus, "built"
 
   # -- search ------------------------------------------------------------------
