@@ -242,7 +242,12 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
         from hammer_jax.retrieval import evaluator, report
         print(report.final_summary(workdir, data, config.data.eval_split, step, evaluator.nested(values.items()), out_dir))
   finally:
-    ckpt.close()
-    preemption.close()
-    writer.flush()
+    # The exit path (main.exit_without_teardown) relies on this: when it returns
+    # or raises, the last checkpoint is committed and the TensorBoard events are
+    # on disk, so nothing is lost if the process ends without its teardown.
+    try:
+      ckpt.close()  # Waits for the in-flight async save; Orbax commits a checkpoint by renaming it.
+    finally:
+      writer.close()
+      preemption.close()
   return state
