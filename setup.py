@@ -29,8 +29,12 @@ setuptools.setup(
         "clu>=0.0.12",
         "tensorboard>=2.21",
         "matplotlib>=3.11",
+        "faiss-cpu>=1.15",  # the first-stage vector index (hammer_jax/retrieval/first_stage.py)
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # The web page (python -m hammer_jax.app).
+        "app": ["gradio>=6.31"],
+        # The app's browser test drives Chromium (apt-get install chromium chromium-driver) through selenium.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "gradio>=6.31", "selenium>=4.51"],
     },
 )

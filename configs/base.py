@@ -15,9 +15,17 @@ import ml_collections
 from ml_collections import config_dict
 
 
+class ConfigError(ValueError):
+  """A configuration that cannot run, found before anything heavy starts (one line)."""
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # A workdir to start from (its latest checkpoint's parameters, wherever this
+  # model has a parameter of the same name and shape; the rest start fresh), e.g.
+  # to add the dual-encoder head to a trained model (docs/two_stage.md). "": none.
+  c.init_from = ""
 
   max_frames = config_dict.FieldReference(96)
   max_query_len = config_dict.FieldReference(30)
@@ -85,10 +93,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.new_layer_lr_multiplier = 1.0  # rate of layers trained from scratch / lr (1 = paper)
   c.optim.grad_clip_norm = 0.0        # 0 = off
   c.optim.weight_decay = 0.0          # 0 = plain Adam as the paper
+  c.optim.train_only = ""             # "": train everything; "dual_encoder": only that head, the rest frozen
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 64
   c.eval.top_k_videos = 100
+  # "exhaustive": HAMMER scores every corpus video (the paper); "two_stage": the
+  # dual-encoder first stage's top `first_stage_candidates` videos only (needs
+  # loss.use_dual_encoder; retrieval/retrieve.py). Not in the paper.
+  c.eval.retrieval = "exhaustive"
+  c.eval.first_stage_candidates = 50   # K, from the recall curve in BENCHMARKS.md
+  c.eval.first_stage_index = "auto"    # FAISS index kind (retrieval/first_stage.py)
   c.eval.every_steps = 2000
   c.eval.max_queries_during_training = 500
   c.eval.final_eval = False           # evaluate the whole eval split after training (the demo does)

@@ -13,6 +13,7 @@ comma-separated item in order:
 | `share_encoders` | frame and clip encoders share weights | Table 8 |
 | `no_clip_position` | no clip position embedding | Table 9 |
 | `bf16` | bfloat16 compute, float32 parameters | - |
+| `two_stage` | train the dual-encoder head too and evaluate two-stage (first stage + HAMMER re-rank) | - |
 | `tiny` | a tiny random-init model on a tiny synthetic corpus (tests) | - |
 
 An unknown item is an error.
@@ -87,6 +88,9 @@ def apply_variants(c, arg: str):
       c.model.clip_position_embedding = False
     elif key == "bf16":
       c.model.dtype = "bfloat16"
+    elif key == "two_stage":
+      c.loss.use_dual_encoder = True
+      c.eval.retrieval = "two_stage"
     elif key == "tiny":
       _tiny(c)
     else:

@@ -16,6 +16,8 @@ from typing import Any
 
 from data_prep import make_synthetic, tvr
 from data_prep.prepared_writer import format_summary
+from data_prep.records import DataError
+from hammer_jax import files
 from hammer_jax.data import prepared_data
 
 
@@ -29,6 +31,10 @@ def ensure_synthetic_prepared(root: str, *, synthetic: dict[str, Any] | None = N
     synthetic: keyword arguments of `make_synthetic_corpus` (sizes, widths, seed).
     text_checkpoint: BERT folder or alias whose tokenizer tokenises the queries.
   """
+  if files.has_scheme(root):
+    raise DataError(root, "<folder>", "workdir", "the demo builds its corpus with local tools (h5py feature files): "
+                    "run it with a local --workdir, or prepare data with data_prep and point "
+                    "--config.data.prepared_dir at it (a gs:// folder works)")
   raw = os.path.join(root, "raw")
   prepared = os.path.join(root, "prepared")
   make_synthetic.make_synthetic_corpus(raw, verbose=verbose, **(synthetic or {}))

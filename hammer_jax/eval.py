@@ -1,13 +1,16 @@
 r"""Eval binary: corpus retrieval + localisation of a trained workdir on a split.
 
   python -m hammer_jax.eval --workdir=W [--split=val|test|SPLIT] [--step=N] [--top_k=100]
+      [--retrieval=exhaustive|two_stage] [--candidates=K]
 
 Restores the workdir's config and latest (or `--step`) checkpoint and evaluates a
 split of its prepared data (local or `gs://`): `val` is the config's eval split, `test` TVR's
 test_public, and any other prepared split by name (ActivityNet's `val_2`). It
 writes `W/eval/<split>_step<N>/` (`retrieval/evaluator.py`: predictions.json in
 the TVR submission layout, metrics.json/.md, Figures 2-3 and 5) and TensorBoard
-scalars under W/tensorboard. A split without ground truth (test_public) yields
+scalars under W/tensorboard. `--retrieval=two_stage` (a model with the
+dual-encoder head) re-scores only the first stage's top K videos and writes
+`W/eval/<split>_step<N>_two_stage/`. A split without ground truth (test_public) yields
 predictions.json only. On several hosts every process runs the same command
 (with the same start-up flags as training, `hammer_jax/startup.py`); each
 scores its share of the queries and process 0 writes the files.
@@ -27,6 +30,11 @@ flags.DEFINE_string("split", "val", "val: the config's eval split; test: test_pu
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_integer("top_k", None, "Videos kept per query for localisation (default: config.eval.top_k_videos).")
 flags.DEFINE_integer("max_queries", None, "Evaluate only the first N queries (quick checks).")
+flags.DEFINE_enum("retrieval", None, ["exhaustive", "two_stage"],
+                  "exhaustive: HAMMER scores every video (the paper); two_stage: the first stage's top K only "
+                  "(default: config.eval.retrieval).")
+flags.DEFINE_integer("candidates", None, "Two-stage K (default: config.eval.first_stage_candidates).",
+                     lower_bound=1)
 
 
 def split_name(config, split: str) -> str:
@@ -43,21 +51,26 @@ def main(argv):
   from hammer_jax.retrieval import evaluator, metrics
   from hammer_jax.retrieval.scorer import PairScorer
   from hammer_jax.train import loop
+  from configs.base import ConfigError
   try:
     config, data, model, params, step = workdirs.restore(FLAGS.workdir, FLAGS.step)
     split = split_name(config, FLAGS.split)
     data.split(split)
-  except (workdirs.RestoreError, prepared_data.PreparedDataError) as e:
+    top_k = FLAGS.top_k or config.eval.top_k_videos
+    scorer = PairScorer(model, batch_size=config.eval.batch_size, decoding=config.model.decoding, progress=True)
+    ev = evaluator.Evaluator(scorer, config, data, split, top_k=top_k, max_queries=FLAGS.max_queries,
+                             analyses=True, retrieval=FLAGS.retrieval, candidates=FLAGS.candidates)
+  except (workdirs.RestoreError, prepared_data.PreparedDataError, ConfigError) as e:
     sys.exit(f"error: {e}")
-  top_k = FLAGS.top_k or config.eval.top_k_videos
-  scorer = PairScorer(model, batch_size=config.eval.batch_size, decoding=config.model.decoding, progress=True)
-  ev = evaluator.Evaluator(scorer, config, data, split, top_k=top_k, max_queries=FLAGS.max_queries, analyses=True)
-  out_dir = workdirs.eval_dir(FLAGS.workdir, split, step)
-  logging.info("Evaluating %s (step %d) on %s/%s, top %d videos", FLAGS.workdir, step, data.path, split, top_k)
+  out_dir = workdirs.eval_dir(FLAGS.workdir, split, step, ev.retrieval)
+  how = ev.retrieval if ev.retrieval == "exhaustive" else f"two-stage, {ev.candidates} candidates"
+  logging.info("Evaluating %s (step %d) on %s/%s, top %d videos (%s)", FLAGS.workdir, step, data.path, split,
+               top_k, how)
   values = dict(ev.run(params, out_dir=out_dir))
   if values and jax.process_index() == 0:
     writer = loop.summary_writer(FLAGS.workdir)
-    writer.write_scalars(step, {f"eval_{split}/{k}": v for k, v in values.items() if "_by_type/" not in k})
+    tag = f"eval_{split}" + ("" if ev.retrieval == "exhaustive" else f"_{ev.retrieval}")
+    writer.write_scalars(step, {f"{tag}/{k}": v for k, v in values.items() if "_by_type/" not in k})
     writer.close()
     print(metrics.format_table(ev.last_results))
   print(f"Wrote {out_dir}")

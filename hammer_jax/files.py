@@ -19,6 +19,7 @@ whole.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Callable
 
@@ -127,7 +128,7 @@ def atomic_write_with(p, write: Callable[[str], None]) -> None:
   try:
     write(tmp)
     if is_remote(p):
-      path(tmp).copy(path(p), overwrite=True)  # An object appears only once its upload is complete.
+      copy_file(tmp, p)  # An object appears only once its upload is complete.
     else:
       with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
@@ -148,6 +149,12 @@ def atomic_write(p, data: str | bytes) -> None:
   atomic_write_with(p, write)
 
 
+def copy_file(src, dst) -> None:
+  """Streams file `src` to `dst`, each through its own filesystem (local, bucket or another scheme)."""
+  with path(src).open("rb") as reader, path(dst).open("wb") as writer:
+    shutil.copyfileobj(reader, writer, 16 << 20)
+
+
 def download(p, write_to: Callable[[str], object]):
   """Calls `write_to(local_path)` with `p` itself when local, else with a local copy of it.
 
@@ -158,7 +165,7 @@ def download(p, write_to: Callable[[str], object]):
   handle, tmp = tempfile.mkstemp(prefix=".hammer_jax-download-")
   os.close(handle)
   try:
-    path(p).copy(path(tmp), overwrite=True)
+    copy_file(p, tmp)
     return write_to(tmp)
   finally:
     os.remove(tmp)
@@ -172,16 +179,9 @@ def copytree(src, dst) -> None:
     target = path(dst) if rel == "." else path(dst).joinpath(rel)
     makedirs(target)
     for name in names:
-      folder.joinpath(name).copy(target.joinpath(name), overwrite=True)
-
-
-def local_only(p, what: str) -> str:
-  """`p` as a local path for readers that cannot open buckets (h5py, tokenizers); one line otherwise."""
-  if is_remote(p):
-    raise ValueError(f"{p}: {what} must be a local path (copy it to local disk first)")
-  return os.fspath(p)
+      copy_file(folder.joinpath(name), target.joinpath(name))
 
 
 __all__ = ["path", "native", "is_remote", "has_scheme", "absolute", "join", "exists", "isdir", "isfile", "makedirs", "listdir", "read_text",
            "read_bytes", "remove", "rmtree", "temporary_path", "atomic_write_with", "atomic_write", "download",
-           "copytree", "local_only"]
+           "copy_file", "copytree"]

@@ -27,3 +27,4 @@ def quiet_library_logs() -> None:
     handler.addFilter(_LibraryInfoFilter())
   std_logging.getLogger("absl").addFilter(_LibraryInfoFilter())
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)  # "Unable to initialize backend 'tpu'"
+  std_logging.getLogger("faiss.loader").setLevel(std_logging.WARNING)  # "Loading faiss" / which build it picked

@@ -3,6 +3,7 @@ r"""Moment search: the best moments of a video corpus for a typed query.
   python -m hammer_jax.search --workdir=W --query "the man opens the door" [--top_k=10]
       [--split=S | --prepared_dir=DIR [--split=S]] [--subtitles=tvqa_preprocessed_subtitles.jsonl]
       [--json] [--interactive] [--step=N] [--rebuild_index] [--require_index]
+      [--retrieval=auto|exhaustive|two_stage] [--candidates=K]
 
 The corpus is a split of the workdir's prepared data (default: the config's
 eval split) or of a folder the user prepared with `python -m data_prep.tvr`
@@ -15,7 +16,9 @@ The video-only parts of the corpus (all that does not depend on the query) are
 the *index* (`retrieval/searcher.py`): built once per (corpus, split, checkpoint
 step) and saved as `W/search_index/<corpus-id>_step<N>.npz` (+ `.json`), then
 loaded by later runs. A query costs one query encoding + V pair scores + top_k
-decodes, through the same `retrieve.retrieve` as evaluation.
+decodes, through the same `retrieve.retrieve` as evaluation. With a first-stage
+index (`python -m hammer_jax.index --workdir=W`, same corpus flags) a query
+costs one FAISS search + K pair passes instead (two-stage; `--retrieval`).
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ def main(argv):
 
   try:
     searcher = MomentSearcher(f.workdir, prepared_dir=f.prepared_dir, split=f.split, step=f.step,
-                              subtitles=f.subtitles, rebuild_index=f.rebuild_index, require_index=f.require_index)
+                              subtitles=f.subtitles, rebuild_index=f.rebuild_index, require_index=f.require_index,
+                              retrieval=f.retrieval, candidates=f.candidates)
     if f.query is not None:
       answer(searcher, f.query)
     while f.interactive:
@@ -106,6 +110,10 @@ def define_flags():
   flags.DEFINE_bool("interactive", False, "Read queries from stdin, one per line, until an empty line or EOF.")
   flags.DEFINE_bool("rebuild_index", False, "Recompute the corpus index even if a current one is saved.")
   flags.DEFINE_bool("require_index", False, "Fail instead of building a missing or stale index.")
+  flags.DEFINE_enum("retrieval", "auto", ["auto", "exhaustive", "two_stage"],
+                    "auto: two-stage when a current first-stage index exists (python -m hammer_jax.index).")
+  flags.DEFINE_integer("candidates", None, "Two-stage K (default: config.eval.first_stage_candidates).",
+                       lower_bound=1)
 
 
 if __name__ == "__main__":

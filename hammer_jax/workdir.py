@@ -64,9 +64,10 @@ def tensorboard_dir(workdir: str) -> str:
   return os.path.join(workdir, "tensorboard")
 
 
-def eval_dir(workdir: str, name: str, step: int) -> str:
-  """`W/eval/<name>_step<step>`: name is a split ("val", "test_public") or "periodic"."""
-  return os.path.join(workdir, "eval", f"{name}_step{step}")
+def eval_dir(workdir: str, name: str, step: int, retrieval: str = "exhaustive") -> str:
+  """`W/eval/<name>_step<step>[_two_stage]`: name is a split ("val", "test_public") or "periodic"."""
+  suffix = "" if retrieval == "exhaustive" else f"_{retrieval}"
+  return files.join(workdir, "eval", f"{name}_step{step}{suffix}")
 
 
 def demo_data_dir(workdir: str) -> str:

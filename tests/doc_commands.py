@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC_FILES = ("README.md", "BENCHMARKS.md", *sorted(os.path.relpath(p, ROOT)
                                                   for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))))
 
+_ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
 _FLAG_DEFINITION = re.compile(r"""(?:DEFINE_[a-z_]+|DEFINE_config_file)\(\s*["']([A-Za-z0-9_]+)["']""")
 _ARGPARSE_DEFINITION = re.compile(r"""add_argument\(\s*["']--([A-Za-z0-9_]+)["']""")
 
@@ -32,10 +33,19 @@ _ARGPARSE_DEFINITION = re.compile(r"""add_argument\(\s*["']--([A-Za-z0-9_]+)["']
 class Command:
   doc: str          # file it is written in
   line: int         # line of its first physical line
-  argv: tuple[str, ...]
+  argv: tuple[str, ...]  # without leading environment assignments, which are in `env`
+  env: tuple[str, ...] = ()
 
   def __str__(self):
-    return f"{self.doc}:{self.line}: {shlex.join(self.argv)}"
+    return f"{self.doc}:{self.line}: {shlex.join(self.env + self.argv)}"
+
+  @classmethod
+  def of(cls, doc: str, line: int, argv) -> "Command":
+    argv = list(argv)
+    env = []
+    while argv and _ENV_ASSIGNMENT.match(argv[0]):
+      env.append(argv.pop(0))
+    return cls(doc, line, tuple(argv), tuple(env))
 
 
 def _bash_blocks(text: str):
@@ -71,7 +81,7 @@ def commands(doc: str) -> list[Command]:
       if continuation or _open_quote(logical):
         continue
       for argv in split_commands(logical):
-        out.append(Command(doc, first, tuple(argv)))
+        out.append(Command.of(doc, first, argv))
       logical, first = "", None
   return out
 
@@ -116,12 +126,21 @@ def inline_commands(doc: str) -> list[Command]:
   with open(os.path.join(ROOT, doc)) as f:
     for number, line in enumerate(f, 1):
       for text in _INLINE_PYTHON.findall(line):
-        out.extend(Command(doc, number, tuple(argv)) for argv in split_commands(text))
+        out.extend(Command.of(doc, number, argv) for argv in split_commands(text))
   return out
 
 
 def all_commands() -> list[Command]:
-  return [c for doc in DOC_FILES for c in commands(doc) + inline_commands(doc)]
+  """Every command of the docs, with those run through `gcloud ... ssh --command="..."` as their own."""
+  out = []
+  for doc in DOC_FILES:
+    for c in commands(doc) + inline_commands(doc):
+      out.append(c)
+      out.extend(Command.of(c.doc, c.line, argv) for argv in nested_commands(c.argv))
+  return out
+
+
+
 
 
 def is_placeholder(value: str) -> bool:

@@ -9,7 +9,7 @@ import json
 import math
 import os
 
-import conftest
+from helpers import SHARED_DIR
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -22,7 +22,7 @@ from hammer_jax.model.bert import BertConfig, BertEmbeddings, BertEncoder, BertM
 from hammer_jax.model.bert_checkpoint import load_bert_checkpoint
 from hammer_jax.model.pretrained import CheckpointError
 
-FIXTURE = os.path.join(conftest.SHARED_DIR, "fixtures", "minilm_reference.npz")
+FIXTURE = os.path.join(SHARED_DIR, "fixtures", "minilm_reference.npz")
 
 # Tiny bert-base-uncased-style checkpoint: 2 layers, hidden 32.
 TINY_HF_CONFIG = {

@@ -407,13 +407,14 @@ def test_switches_that_leave_the_paper_exist_with_the_stated_defaults():
   config = base.get_base_config()
   named = {}
   for row in rows[1:]:
-    field = re.fullmatch(r"`((?:data|model|loss|optim|eval)\.[a-z_]+)`", row[0])
+    field = re.fullmatch(r"`((?:(?:data|model|loss|optim|eval)\.)?[a-z_]+)`", row[0])
     assert field, f"switch cell {row[0]!r} is not one backquoted config field"
-    group, leaf = field.group(1).split(".")
-    assert leaf in config[group], f"configs/base.py has no {field.group(1)}"
+    *group, leaf = field.group(1).split(".")
+    node = config[group[0]] if group else config
+    assert leaf in node, f"configs/base.py has no {field.group(1)}"
     default = ast.literal_eval(row[1].strip("`"))
-    assert config[group][leaf] == default and type(config[group][leaf]) is type(default), (
-        f"{field.group(1)}: the table says {row[1]}, configs/base.py has {config[group][leaf]!r}")
+    assert node[leaf] == default and type(node[leaf]) is type(default), (
+        f"{field.group(1)}: the table says {row[1]}, configs/base.py has {node[leaf]!r}")
     named[field.group(1)] = row
   assert {"loss.use_dual_encoder", "model.dual_encoder_dim", "optim.new_layer_lr_multiplier",
           "model.new_layer_init_std", "loss.frame_loss_reduction", "model.frame_position",
@@ -453,3 +454,29 @@ def test_data_format_md_lists_the_fields_the_code_writes_and_the_keys_it_batches
   assert {k.strip("` ") for k in listed[0].split(",")} == set(videos)
   assert {k.strip("` ") for k in listed[1].split(",")} == set(queries)
   assert set(train) | set(videos) | set(queries) == keys, f"documented but never batched: {keys - set(train) - set(videos) - set(queries)}"
+
+
+def test_running_md_multi_process_commands_are_the_tested_launch():
+  """docs/running.md's 127.0.0.1 commands are the ones tests/test_multihost_jobs.py runs."""
+  import test_multihost_jobs as jobs
+  documented = [c for c in ALL if c.doc == "docs/running.md"
+                and any(a.startswith("--coordinator_address=127.0.0.1:") for a in c.argv)]
+  by_binary = {}
+  for c in documented:
+    by_binary.setdefault(c.argv[2], []).append(c)
+  assert sorted(by_binary) == ["hammer_jax.eval", "hammer_jax.main"]
+  test_env = [f"{k}={v}" for k, v in jobs.ENV.items() if k == "JAX_PLATFORMS"]
+  for binary, cs in by_binary.items():
+    assert [dict(dc.given_flags(c.argv))["process_id"] for c in cs] == ["0", "1"], binary
+    for pid, c in enumerate(cs):
+      port = dict(dc.given_flags(c.argv))["coordinator_address"].rsplit(":", 1)[1]
+      tested = jobs.job_argv(binary, [], int(port), pid)
+      assert list(c.env) == test_env, c
+      assert c.argv[:3] == ("python", "-m", binary), c
+      assert list(c.argv[-3:]) == tested[-3:], c            # the coordinator flags, as the tests pass them
+      if binary == "hammer_jax.main":                       # the flags the test trains with, by name
+        tested_flags = dict(dc.given_flags(jobs.train_flags("W", "P")))
+        documented_flags = dict(dc.given_flags(c.argv[3:-3]))
+        assert set(documented_flags) <= set(tested_flags), c
+        assert documented_flags["config"] == tested_flags["config"]
+        assert documented_flags["config.data.num_readers"] == tested_flags["config.data.num_readers"]

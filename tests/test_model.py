@@ -47,6 +47,10 @@ def test_output_shapes(flat, subtitles):
               "frame_mlm_logits": (3, k, p, vocab)}
   if not flat:
     expected.update({"clip_log_probs": (3, k, 2), "clip_mlm_logits": (3, p, vocab)})
+  e = c.model.dual_encoder_dim
+  assert e > 0  # the tiny variant carries the dual-encoder (first-stage) head
+  expected.update({"query_embedding": (3, e), "clip_embeddings": (3, k, e), "embedding_clip_mask": (3, k),
+                   "embedding_scale": ()})
   assert {key: v.shape for key, v in out.items()} == expected
   # The subtitle stream exists iff ASR is on: frame features are 2d wide, + TCLS.
   assert params["params"]["frame_head"]["kernel"].shape[0] == (3 if subtitles else 2) * 32

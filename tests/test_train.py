@@ -196,9 +196,10 @@ def test_sigterm_saves_the_current_step(synthetic_prepared, tmp_path):
   exit_seconds = time.monotonic() - signalled
   assert proc.returncode == 0, seen[-3000:]
   assert "Preempted" in seen
-  # The step to finish, its checkpoint to be committed, the process to end (it used to sleep for up to a
-  # minute in the tf.data iterator's teardown: hammer_jax/main.py, exit_without_teardown).
-  assert exit_seconds < 10, f"{exit_seconds:.1f} s from SIGTERM to exit\n{seen[-3000:]}"
+  # The step to finish, its checkpoint to be committed, the process to end: about 5 s on an idle 2-core
+  # machine, 15 s with the suite's other jobs on the same cores. It used to sleep for up to a minute more
+  # in the tf.data iterator's teardown (hammer_jax/startup.py, finish).
+  assert exit_seconds < 30, f"{exit_seconds:.1f} s from SIGTERM to exit\n{seen[-3000:]}"
   steps = checkpoint_steps(tmp_path)
   assert len(steps) == 1 and 3 <= steps[0] < 400
   params = restored_params(tmp_path, steps[0])

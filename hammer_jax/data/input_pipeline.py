@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from configs.base import ConfigError
 from hammer_jax.data import alignment, sampling
 from hammer_jax.data.prepared_data import PreparedData
 
@@ -233,10 +234,10 @@ class TrainBatches:
     self.process_index, self.process_count = _process(process_index, process_count)
     num_readers = spec.num_readers or self.process_count
     if num_readers % self.process_count:
-      raise ValueError(f"data.num_readers={num_readers} does not divide over {self.process_count} processes")
+      raise ConfigError(f"data.num_readers={num_readers} does not divide over {self.process_count} processes")
     per_process = num_readers // self.process_count
     if local_batch_size % per_process:
-      raise ValueError(f"the per-process batch {local_batch_size} does not divide over its {per_process} readers "
+      raise ConfigError(f"the per-process batch {local_batch_size} does not divide over its {per_process} readers "
                        f"(data.num_readers={num_readers})")
     self.block = local_batch_size // per_process
     self.readers = range(self.process_index * per_process, (self.process_index + 1) * per_process)

@@ -49,7 +49,8 @@ def model_config(config, video_dim: int, subtitle_dim: int = 0) -> ModelConfig:
   """ModelConfig from the ml_collections config and the data's feature widths."""
   mc = config.model
   if config.loss.use_vr and config.data.num_negatives < 1:
-    raise ValueError("loss.use_vr needs data.num_negatives >= 1: with no negative the VR loss (Eq. 4) is 0 "
+    from configs.base import ConfigError
+    raise ConfigError("loss.use_vr needs data.num_negatives >= 1: with no negative the VR loss (Eq. 4) is 0 "
                      "and VR learns nothing; set --config.data.num_negatives or switch VR off (objectives=...)")
   use_subtitles = bool(config.data.use_subtitles)
   return ModelConfig(

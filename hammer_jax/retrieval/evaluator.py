@@ -17,6 +17,12 @@ Yielded names are `<task>/<metric>` ("VR/r1", "VCMR/0.5-r10", "TL/mIoU",
 "VR_by_type/v-r1", ...) with float values; `nested` turns them back into the
 metrics dict. A split without ground truth (TVR test_public) writes
 predictions.json and yields nothing.
+
+Retrieval is `exhaustive` (the paper) or `two_stage` (a FAISS index of the
+dual-encoder clip vectors, built from the encoded corpus, picks the candidates
+HAMMER re-scores; `first_stage.py`). Whenever the model has the dual-encoder
+head, the first stage's video recall@K is reported too ("first_stage/recall@K"):
+it is the ceiling of everything two-stage retrieval does after it.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import numpy as np
 
 from hammer_jax import files
 from hammer_jax.data import input_pipeline, prepared_data
-from hammer_jax.retrieval import analysis, metrics, predictions
+from hammer_jax.retrieval import analysis, first_stage, metrics, predictions
 from hammer_jax.retrieval.retrieve import Retrieval, retrieve
 from hammer_jax.retrieval.scorer import PairScorer, local_params
 
@@ -90,12 +96,27 @@ class Evaluator:
     top_k: videos localised per query (VCMR list length).
     max_queries: evaluate only the first N queries (periodic evaluation).
     analyses: also write Figures 2-3 and 5.
+    retrieval: "exhaustive" or "two_stage" (default: config.eval.retrieval).
+    candidates: two-stage K (default: config.eval.first_stage_candidates).
   """
 
+  RECALL_AT = (1, 5, 10, 20, 50, 100)
+
   def __init__(self, scorer: PairScorer, config, data: prepared_data.PreparedData, split: str, *, top_k: int,
-               max_queries: int | None = None, analyses: bool = False):
+               max_queries: int | None = None, analyses: bool = False, retrieval: str | None = None,
+               candidates: int | None = None):
+    from configs.base import ConfigError
     self.scorer, self.config, self.data, self.split = scorer, config, data, split
     self.top_k, self.analyses = top_k, analyses
+    self.retrieval = retrieval or config.eval.retrieval
+    self.candidates = int(candidates or config.eval.first_stage_candidates)
+    self.has_first_stage = bool(scorer.model.config.dual_encoder_dim)
+    if self.retrieval not in ("exhaustive", "two_stage"):
+      raise ConfigError(f"eval.retrieval must be 'exhaustive' or 'two_stage', got {self.retrieval!r}")
+    if self.retrieval == "two_stage" and not self.has_first_stage:
+      raise ConfigError("two-stage retrieval needs the dual-encoder head, which this model was trained without "
+                        "(loss.use_dual_encoder=False); train with the `two_stage` variant, or see "
+                        "docs/two_stage.md to add the head to a trained checkpoint")
     self.spec = input_pipeline.PipelineSpec.from_config(config.data)
     self.info = data.split(split)
     self.queries = prepared_data.read_queries(data, split)  # Once: periodic evaluations reuse them.
@@ -113,22 +134,32 @@ class Evaluator:
     return self.scorer.encode_videos(params, input_pipeline.eval_video_batches(
         self.data, self.split, self.spec, self.scorer.batch_size, process_index=0, process_count=1))
 
+  def first_stage_index(self, params, corpus) -> first_stage.FirstStageIndex:
+    """The corpus's clip vectors in a FAISS index (exact up to first_stage.FLAT_MAX_VECTORS vectors)."""
+    vectors, mask = self.scorer.embed_corpus(params, corpus)
+    return first_stage.FirstStageIndex.build(vectors, mask, kind=self.config.eval.first_stage_index)
+
   def retrieve(self, params) -> Retrieval:
     params = local_params(params)
-    return retrieve(self.scorer, params, self.encode_corpus(params), self.queries.token_ids, top_k=self.top_k,
-                    max_query_len=self.spec.max_query_len, query_rows=self.rows,
-                    ground_truth=self.queries.video_index if self.has_gt else None)
+    corpus = self.encode_corpus(params)
+    index = self.first_stage_index(params, corpus) if self.retrieval == "two_stage" else None
+    result = retrieve(self.scorer, params, corpus, self.queries.token_ids, top_k=self.top_k,
+                      max_query_len=self.spec.max_query_len, query_rows=self.rows,
+                      ground_truth=self.queries.video_index if self.has_gt else None,
+                      first_stage=index, candidates=self.candidates)
+    if index is None and self.has_first_stage and self.has_gt:  # recall of the first stage, beside exhaustive
+      q_parts = self.scorer.encode_queries(params, input_pipeline.eval_query_batches(
+          [self.queries.token_ids[r] for r in self.rows], self.spec.max_query_len, self.scorer.batch_size,
+          process_index=0, process_count=1))
+      listed, _ = self.first_stage_index(params, corpus).search(self.scorer.embed_queries(params, q_parts),
+                                                                max(self.RECALL_AT))
+      result.first_stage = np.where(listed >= 0, corpus.video_index[np.maximum(listed, 0)], -1)
+    return result
 
   def run(self, params, out_dir: str | None = None) -> Iterator[tuple[str, float]]:
     """Evaluates `params` ({"params": ...}); yields (name, value); writes files into `out_dir` (process 0)."""
     result = self.retrieve(params)
-    submission = build_submission(result, self.queries, self.position_to_idx, self.video2idx, self.has_gt)
-    predictions.validate_submission(submission)
-    results: dict[str, Any] = {}
-    if self.has_gt:
-      results = dict(metrics.evaluate_predictions(submission, self.ground_truth))
-      gt_spans = np.stack([self.queries.st[self.rows], self.queries.ed[self.rows]], -1)
-      results["TL"] = dict(metrics.tl_metrics(result.greedy_gt, gt_spans))
+    submission, results = self.score(result)
     if out_dir and jax.process_index() == 0:
       predictions.write_submission(os.path.join(out_dir, "predictions.json"), submission, validated=True)
       if self.has_gt:
@@ -138,3 +169,17 @@ class Evaluator:
           analysis.write_analyses(out_dir, result, self.queries, self.data, self.split)
     self.last_results = results  # The nested dict (with the per-type strings), for printing tables.
     yield from flatten(results)
+
+  def score(self, result: Retrieval) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(submission, nested metrics) of a retrieval of this split's queries (metrics {} without ground truth)."""
+    submission = build_submission(result, self.queries, self.position_to_idx, self.video2idx, self.has_gt)
+    predictions.validate_submission(submission)
+    results: dict[str, Any] = {}
+    if self.has_gt:
+      results = dict(metrics.evaluate_predictions(submission, self.ground_truth))
+      gt_spans = np.stack([self.queries.st[self.rows], self.queries.ed[self.rows]], -1)
+      results["TL"] = dict(metrics.tl_metrics(result.greedy_gt, gt_spans))
+      if result.first_stage.shape[1]:
+        results["first_stage"] = first_stage.recall_at(result.first_stage, self.queries.video_index[self.rows],
+                                                       self.RECALL_AT)
+    return submission, results

@@ -78,6 +78,9 @@ class PairScorer:
     self._encode_video = jax.jit(functools.partial(model.apply, method=hammer.Hammer.encode_video))
     self._encode_query = jax.jit(functools.partial(model.apply, method=hammer.Hammer.encode_query))
     self._vr_block = jax.jit(self._vr_block_fn)
+    self._embed_query = jax.jit(functools.partial(model.apply, method=hammer.Hammer.embed_query))
+    self._embed_clips = jax.jit(functools.partial(model.apply, method=hammer.Hammer.embed_clips))
+    self._embed_videos = jax.jit(self._embed_videos_fn)
     self._localise = jax.jit(self._localise_fn, static_argnames=("k",))
     self._last_report = 0.0
 
@@ -93,6 +96,11 @@ class PairScorer:
     out = self.model.apply(params, q, v, retrieval_only=True, method=hammer.Hammer.score_pairs)
     return out["vr_score"].reshape(qb, vb)
 
+  def _embed_videos_fn(self, params, video, subtitle, frame_mask):
+    """Clip vectors [B, K, e] and clip mask [B, K] straight from features (the parts stay on device)."""
+    parts = self.model.apply(params, video, subtitle, frame_mask, method=hammer.Hammer.encode_video)
+    return self.model.apply(params, parts, method=hammer.Hammer.embed_clips)
+
   def _localise_fn(self, params, q_parts, v_parts, k: int):
     """Per pair: the decoded moment, the k best start <= end pairs, the one-level moments (frames)."""
     out = self.model.apply(params, q_parts, v_parts, method=hammer.Hammer.score_pairs)
@@ -101,7 +109,7 @@ class PairScorer:
     ks, ke, kscore = inference.top_moments(out["start_log_scores"], out["end_log_scores"], mask, k)
     clip_len = v_parts["tokens"].shape[3] - 1
     (fs, fe), (cs, ce) = inference.level_spans(out["frame_log_probs"], out.get("clip_log_probs"), mask, clip_len)
-    return {"start": s, "end": e, "log_score": score, "top_start": ks, "top_end": ke, "top_log_score": kscore,
+    return {"vr_score": out["vr_score"], "start": s, "end": e, "log_score": score, "top_start": ks, "top_end": ke, "top_log_score": kscore,
             "frame_start": fs, "frame_end": fe, "clip_start": cs, "clip_end": ce}
 
   # -- encoding ------------------------------------------------------------------
@@ -129,6 +137,48 @@ class PairScorer:
       pending.append((b["example_mask"] > 0, self._encode_query(params, put(b["query_ids"]), put(b["query_mask"]))))
     pieces = [jax.tree_util.tree_map(lambda x, keep=keep: np.asarray(x)[keep], p) for keep, p in pending]
     return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *pieces)
+
+  # -- first-stage vectors (dual-encoder head) -----------------------------------
+
+  def embed_queries(self, params, q_parts: dict[str, Any]) -> np.ndarray:
+    """Query vectors [Q, e] from `encode_queries` output."""
+    return self._map_rows(lambda p: self._embed_query(params, p), q_parts, q_parts["query_mask"].shape[0])
+
+  def embed_corpus(self, params, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
+    """Clip vectors [V, K, e] and clip mask [V, K] of a corpus's cached parts."""
+    return self._map_rows(lambda p: self._embed_clips(params, p), corpus.parts, len(corpus))
+
+  def embed_video_batches(self, params, video_batches: Iterable[dict[str, np.ndarray]]):
+    """Yields (batch, clip vectors [b, K, e], clip mask [b, K]) of the real rows of each batch.
+
+    For building an index without holding the corpus's parts (index.py); all
+    batches are dispatched before the first result is read, two at a time.
+    """
+    put = lambda x: jax.device_put(x, self._sharded)
+    pending = []
+    for b in video_batches:
+      out = self._embed_videos(params, put(b["video"]), put(b["subtitle"]) if "subtitle" in b else None,
+                               put(b["frame_mask"]))
+      pending.append((b, out))
+      if len(pending) > 2:
+        yield self._real_rows(*pending.pop(0))
+    for item in pending:
+      yield self._real_rows(*item)
+
+  @staticmethod
+  def _real_rows(b, out):
+    keep = b["example_mask"] > 0
+    return b, np.asarray(out[0])[keep], np.asarray(out[1])[keep]
+
+  def _map_rows(self, fn, tree, n: int):
+    """fn over `tree`'s rows in blocks of `batch_size` (padded, dispatched together), rows [:n] kept."""
+    step, pending = self.batch_size, []
+    for i in range(0, n, step):
+      idx = _pad_rows(np.arange(i, min(i + step, n)), step)
+      pending.append((min(step, n - i), fn(jax.device_put(jax.tree_util.tree_map(lambda x: x[idx], tree),
+                                                          self._sharded))))
+    outs = [jax.tree_util.tree_map(lambda x, c=count: np.asarray(x)[:c], o) for count, o in pending]
+    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=0), *outs)
 
   # -- scoring -------------------------------------------------------------------
 
@@ -167,7 +217,11 @@ class PairScorer:
 
   def localise(self, params, q_parts: dict[str, Any], corpus: Corpus, q_rows: np.ndarray, v_rows: np.ndarray,
                k: int, *, batch_size: int | None = None) -> dict[str, np.ndarray]:
-    """Decodes the pairs (query q_rows[i], corpus video v_rows[i]); per pair, in frames (see _localise_fn)."""
+    """Decodes the pairs (query q_rows[i], corpus video v_rows[i]); per pair, in frames (see _localise_fn).
+
+    Also returns each pair's f(v, h) ("vr_score", from the same pass): the
+    second stage of two-stage retrieval scores and localises its candidates at once.
+    """
     n, step = len(q_rows), self.round_batch(batch_size or self.batch_size)
     pending, t0 = [], time.time()
     for i in range(0, n, step):

@@ -6,27 +6,28 @@ for that single query against the index: a moment scores
 p(v|h) * p_start * p_end (Eq. 2) over the whole corpus, one moment per video in
 the top_k videos.
 
-The index is the corpus's video-only parts (`Corpus`), computed once per
+The parts cache is the corpus's video-only parts (`Corpus`), computed once per
 (corpus, split, checkpoint) and saved as `W/search_index/<corpus-id>_step<N>.npz`
-(+ `.json`, human-readable). Its metadata fingerprints what it was computed
-from, the full bytes of every parameter included, so a retrained checkpoint or
-re-prepared data is detected and the index rebuilt.
+(+ `.json`, human-readable); a stale one is rebuilt. When `python -m
+hammer_jax.index` has built a first-stage index for the same corpus and
+checkpoint (`W/index/`), search is two-stage: the index's top K videos are
+re-scored instead of every video; a stale first-stage index is refused
+(index_files.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import re
 import time
 from typing import Any
 
 import numpy as np
 
 from hammer_jax import files
+from hammer_jax.retrieval import index_files
 from hammer_jax.retrieval.corpus import Corpus
+from hammer_jax.retrieval.first_stage import FirstStageIndex
 
 VR_PAIRS_PER_CALL = 256  # One query against this many videos per device program.
 
@@ -74,23 +75,18 @@ def read_subtitles(path: str) -> dict[str, list[dict[str, Any]]]:
   return out
 
 
-def params_fingerprint(params) -> str:
-  """sha256 over every parameter's shape, dtype and bytes (any retraining changes it)."""
-  import jax
-  h = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    a = np.ascontiguousarray(np.asarray(leaf))
-    h.update(f"{jax.tree_util.keystr(path)}{a.shape}{a.dtype}".encode())
-    h.update(a.tobytes())
-  return h.hexdigest()
-
-
 class MomentSearcher:
-  """A restored model + the index of one corpus; `search(text)` answers queries without reloading."""
+  """A restored model + the indices of one corpus; `search(text)` answers queries without reloading.
+
+  retrieval: "auto" (two-stage when `hammer_jax.index` has built a first-stage
+  index for this corpus and checkpoint, else exhaustive), "exhaustive" or
+  "two_stage" (an error without a current index); candidates: two-stage K
+  (default config.eval.first_stage_candidates).
+  """
 
   def __init__(self, workdir: str, *, prepared_dir: str | None = None, split: str | None = None,
                step: int | None = None, subtitles: str | None = None, rebuild_index: bool = False,
-               require_index: bool = False):
+               require_index: bool = False, retrieval: str = "auto", candidates: int | None = None):
     from hammer_jax import workdir as workdirs
     from hammer_jax.data import prepared_data
     from hammer_jax.retrieval.scorer import PairScorer
@@ -118,7 +114,10 @@ class MomentSearcher:
       self.subtitles = read_subtitles(subtitles)
     # One query: programs of one row per device (localisation) and of VR_PAIRS_PER_CALL pairs (VR).
     self.scorer = PairScorer(self.model, batch_size=1, decoding=self.config.model.decoding)
+    self._meta = None
     self.corpus, self.index_status = self._load_or_build_index(rebuild_index, require_index)
+    self.first_stage, self.retrieval = self._load_first_stage(retrieval)
+    self.candidates = int(candidates or self.config.eval.first_stage_candidates)
     self.video_names = [info["video_names"][i] for i in self.corpus.video_index]
     self.last_notices: list[str] = []  # of the latest search: see `notices`
 
@@ -172,26 +171,44 @@ class MomentSearcher:
                  f"{limit} with [CLS] and [SEP])")
     if top_k > len(self.corpus):
       out.append(f"top_k {top_k} is more than the corpus's {len(self.corpus)} videos: returning {len(self.corpus)}")
+    elif self.retrieval == "two_stage" and top_k > self.candidates:
+      out.append(f"two-stage search re-scores the first stage's {self.candidates} candidates: returning "
+                 f"{self.candidates} moments (raise --candidates for more)")
     return out
 
   # -- index -------------------------------------------------------------------
 
   def index_path(self) -> str:
-    """`W/search_index/<corpus-id>_step<N>.npz`; corpus-id = folder name, split, hash of the folder's path."""
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(self.data.path.rstrip("/")))
-    digest = hashlib.sha256(self.data.path.encode()).hexdigest()[:10]
-    return os.path.join(self.workdir, "search_index", f"{base}-{self.split}-{digest}_step{self.step}.npz")
+    """The parts cache: `W/search_index/<corpus-id>_step<N>.npz` (index_files.py)."""
+    return index_files.parts_cache_path(self.workdir, self.data, self.split, self.step)
 
   def _index_meta(self) -> dict[str, Any]:
-    """What the index is computed from; any change (data rebuilt, other weights, shapes) invalidates it."""
-    m, info, d = self.data.manifest, self.data.split(self.split), self.config.data
-    source = {"build_args": m.get("build_args"),  # input files with their sizes and mtimes
-              "num_videos": info["num_videos"], "num_frames": info["num_frames"],
-              "video_names": info["video_names"], "spec": [d.max_frames, d.clip_len, bool(d.use_subtitles)],
-              "params": params_fingerprint(self.params)}
-    return {"corpus_path": self.data.path, "split": self.split, "step": self.step, "vocab_sha256": m["vocab_sha256"],
-            "video_dim": self.data.video_dim, "subtitle_dim": self.data.subtitle_dim, "num_videos": info["num_videos"],
-            "fingerprint": hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()}
+    """What the indices are computed from; any change (data rebuilt, other weights, shapes) invalidates them."""
+    if self._meta is None:
+      self._meta = index_files.index_meta(self.config, self.data, self.split, self.step, self.params)
+    return self._meta
+
+  def _load_first_stage(self, retrieval: str):
+    """The first-stage index when two-stage applies: (index or None, "two_stage" | "exhaustive")."""
+    path = index_files.first_stage_path(self.workdir, self.data, self.split, self.step)
+    if retrieval == "exhaustive" or (retrieval == "auto" and not files.exists(path)):
+      return None, "exhaustive"
+    if not self.model.config.dual_encoder_dim:
+      raise SearchError("two-stage search needs the dual-encoder head, which this model was trained without "
+                        "(loss.use_dual_encoder=False)")
+    if not files.exists(path):
+      raise SearchError(f"{path}: no first-stage index; build it with python -m hammer_jax.index "
+                        f"--workdir={self.workdir}")
+    try:
+      index, stored = FirstStageIndex.load(path)
+    except (OSError, ValueError, KeyError) as e:
+      raise SearchError(f"{path}: unreadable first-stage index ({e.__class__.__name__}); rebuild it with "
+                        "python -m hammer_jax.index") from None
+    try:
+      index_files.check_meta(path, stored, self._index_meta())
+    except index_files.IndexMismatchError as e:
+      raise SearchError(str(e)) from None
+    return index, "two_stage"
 
   def _load_or_build_index(self, rebuild: bool, require: bool) -> tuple[Corpus, str]:
     from absl import logging
@@ -236,7 +253,8 @@ class MomentSearcher:
     self.last_notices = self.notices(ids, top_k)
     result = retrieve(self.scorer, self.params, self.corpus, [ids], top_k=top_k,
                       max_query_len=int(self.config.data.max_query_len), local=True,
-                      vr_pairs_per_call=VR_PAIRS_PER_CALL)
+                      vr_pairs_per_call=VR_PAIRS_PER_CALL, first_stage=self.first_stage,
+                      candidates=self.candidates)
     positions = self.corpus.positions_of(result.vcmr[0, :, 0].astype(np.int64))
     moments = []
     for rank, ((_, st, ed, log_score), pos) in enumerate(zip(result.vcmr[0], positions), 1):

@@ -12,7 +12,6 @@ sharded init), which also lets a checkpoint be restored onto another topology.
 
 from __future__ import annotations
 
-import os
 import signal
 from typing import Any
 
@@ -20,15 +19,17 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from hammer_jax import files
+
 
 class Checkpointer:
   """Periodic saves with `max_to_keep`, restore of the latest (or a given) step."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 3, save_every_steps: int = 1000):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.absolute(directory)
     self.save_every_steps = save_every_steps
     self.manager = ocp.CheckpointManager(
-        self.directory,
+        files.native(self.directory),  # What Orbax (epath + tensorstore) opens: a local path or gs://.
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                              cleanup_tmp_directories=True),
         item_names=("state",))

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from hammer_jax import files, startup
 from hammer_jax import workdir as workdirs
 from hammer_jax.data import input_pipeline, prepared_data
 from hammer_jax.model import build, hammer, losses, pretrained
@@ -127,7 +128,7 @@ def summary_writer(workdir: str):
   from clu import metric_writers
   if jax.process_index() > 0:
     return metric_writers.MultiWriter([])
-  return metric_writers.SummaryWriter(workdirs.tensorboard_dir(workdir))
+  return metric_writers.SummaryWriter(files.native(workdirs.tensorboard_dir(workdir)))
 
 
 def make_evaluator(model, config, data, *, max_queries: int | None, analyses: bool):
@@ -178,6 +179,10 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
     logging.info("Resumed from step %d (%s)", int(state.step), ckpt.directory)
   else:
     state = ts.init_train_state(model, config, tx, data.video_dim, data.subtitle_dim, mesh, init_rng)
+    if config.get("init_from"):
+      state, fresh = ts.params_from_workdir(state, config.init_from)
+      logging.info("Parameters from %s, except %d fresh: %s", config.init_from, len(fresh),
+                   ", ".join(fresh[:8]) + (" ..." if len(fresh) > 8 else ""))
   start, total = int(state.step), int(config.optim.num_steps)
 
   writer = summary_writer(workdir)
@@ -194,13 +199,23 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   preemption = checkpointing.PreemptionWatcher()
   logging.info("Training %d -> %d steps, global batch %d on %d devices (%d processes)",
                start, total, config.optim.batch_size, mesh.devices.size, jax.process_count())
+  pending = [input_pipeline.make_global_batch(next(batches), mesh)] if start < total else []
+  if jax.process_count() > 1 and pending:
+    # Compile every program with a cross-process collective first, then meet: on CPU jobs gloo gives up on a
+    # collective whose processes arrive more than 30 s apart, and compile times differ that much.
+    train_step = train_step.lower(state, pending[0], dropout_rng).compile()
+    if grad_norms is not None:
+      grad_norms = grad_norms.lower(state.params, pending[0], dropout_rng).compile()
+    if config.eval.every_steps:
+      eval_loss = eval_loss.lower(state.params, pending[0]).compile()
+    startup.barrier("training_programs_compiled")
 
   history: list[dict[str, Any]] = []
   t0, steps_in_window = time.time(), 0
   step, stopped = start, False
   try:
     while step < total:
-      batch = input_pipeline.make_global_batch(next(batches), mesh)
+      batch = pending.pop() if pending else input_pipeline.make_global_batch(next(batches), mesh)
       state, metrics = train_step(state, batch, dropout_rng)
       step += 1
       steps_in_window += 1
@@ -240,7 +255,8 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
       values = evaluate(final, state.params, writer, step, out_dir, f"eval_{config.data.eval_split}")
       if jax.process_index() == 0 and values:
         from hammer_jax.retrieval import evaluator, report
-        print(report.final_summary(workdir, data, config.data.eval_split, step, evaluator.nested(values.items()), out_dir))
+        print(report.final_summary(workdir, data, config.data.eval_split, step, evaluator.nested(values.items()),
+                                   out_dir, config.eval.top_k_videos))
   finally:
     # The exit path (main.exit_without_teardown) relies on this: when it returns
     # or raises, the last checkpoint is committed and the TensorBoard events are

@@ -62,4 +62,25 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
     # Scaling Adam's update is scaling the rate (weight decay included) for that group.
     parts.append(optax.multi_transform({"pretrained": optax.identity(), "new": optax.scale(multiplier)},
                                        parameter_groups))
-  return optax.chain(*parts)
+  tx = optax.chain(*parts)
+  if optim_config.get("train_only"):
+    # Frozen parameters get a zero update (and no Adam state worth keeping).
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               lambda params: trainable_labels(params, optim_config.train_only))
+  return tx
+
+
+TRAINABLE_MODULES = {"dual_encoder": ("dual_encoder",)}
+
+
+def trainable_labels(params: Any, train_only: str) -> Any:
+  """Tree like `params` of "train" | "frozen": only the top-level modules `train_only` names train."""
+  from configs.base import ConfigError
+  if train_only not in TRAINABLE_MODULES:
+    raise ConfigError(f"optim.train_only must be '' or one of {sorted(TRAINABLE_MODULES)}, got {train_only!r}")
+  modules = TRAINABLE_MODULES[train_only]
+
+  def label(path, _):
+    keys = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
+    return "train" if any(k in modules for k in keys[:2]) else "frozen"
+  return jax.tree_util.tree_map_with_path(label, params)

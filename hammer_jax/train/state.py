@@ -42,7 +42,8 @@ def check_batch_size(global_batch: int, mesh: Mesh) -> int:
   """Returns the per-process batch; the global batch must divide over devices and hosts."""
   n = mesh.devices.size
   if global_batch % n:
-    raise ValueError(f"global batch size {global_batch} does not divide over {n} devices "
+    from configs.base import ConfigError
+    raise ConfigError(f"global batch size {global_batch} does not divide over {n} devices "
                      f"(config.optim.batch_size must be a multiple of {n}; evaluation rounds "
                      f"config.eval.batch_size to a multiple itself)")
   return global_batch // jax.process_count()
@@ -84,3 +85,26 @@ def init_train_state(model, config, tx, video_dim: int, subtitle_dim: int, mesh:
   params = build.load_pretrained_text(state.params, config)
   # Adam's moments start at zero whatever the params are, so they need no reload.
   return state.replace(params=params)
+
+
+def params_from_workdir(state: TrainState, init_from: str) -> tuple[TrainState, list[str]]:
+  """`state` with every parameter that `init_from`'s latest checkpoint has (same name and shape).
+
+  Returns the new state and the names of the parameters that kept their fresh
+  values (e.g. a head the old model did not have), for the log.
+  """
+  from hammer_jax import workdir as workdirs
+  source = workdirs.restore(init_from)[3]["params"]
+  flat_source = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(source)}
+  fresh = []
+
+  def take(path, leaf):
+    name = jax.tree_util.keystr(path)
+    value = flat_source.get(name)
+    if value is None or tuple(value.shape) != tuple(leaf.shape):
+      fresh.append(name)
+      return leaf
+    return jax.make_array_from_callback(leaf.shape, leaf.sharding, lambda idx, v=value: np.asarray(v)[idx])
+
+  params = jax.tree_util.tree_map_with_path(take, state.params)
+  return state.replace(params=params), fresh

@@ -1,0 +1,83 @@
+"""Where a workdir keeps the indices of a corpus, and what says they are current.
+
+Two files per (corpus, split, checkpoint step), both under the workdir:
+
+  W/search_index/<corpus-id>_step<N>.npz  the corpus's cached video-only parts
+                                          (`Corpus`), read by the re-rank stage;
+  W/index/<corpus-id>_step<N>.npz         the first-stage FAISS index
+                                          (`first_stage.FirstStageIndex`), built by
+                                          `python -m hammer_jax.index`.
+
+corpus-id = the prepared folder's name, the split and a hash of the folder's
+path. Each file's metadata (`index_meta`) fingerprints what it was computed
+from (the prepared data's build arguments and videos, the pipeline shapes, the
+vocabulary and the full bytes of every parameter), so a retrained checkpoint or
+re-prepared data is detected: search rebuilds the parts cache and refuses a
+stale first-stage index with one line naming what changed (`check_meta`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from hammer_jax import files
+
+
+class IndexMismatchError(ValueError):
+  """A saved index was built from something else than what it is used with (one line)."""
+
+
+def params_fingerprint(params) -> str:
+  """sha256 over every parameter's shape, dtype and bytes (any retraining changes it)."""
+  import jax
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}{a.shape}{a.dtype}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def corpus_id(data, split: str) -> str:
+  base = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(data.path.rstrip("/")))
+  digest = hashlib.sha256(data.path.encode()).hexdigest()[:10]
+  return f"{base}-{split}-{digest}"
+
+
+def parts_cache_path(workdir: str, data, split: str, step: int) -> str:
+  return files.join(workdir, "search_index", f"{corpus_id(data, split)}_step{step}.npz")
+
+
+def first_stage_path(workdir: str, data, split: str, step: int) -> str:
+  return files.join(workdir, "index", f"{corpus_id(data, split)}_step{step}.npz")
+
+
+def index_meta(config, data, split: str, step: int, params) -> dict[str, Any]:
+  """What an index of `split` of `data` under these parameters is computed from."""
+  m, info, d = data.manifest, data.split(split), config.data
+  source = {"build_args": m.get("build_args"),  # input files with their sizes and mtimes
+            "num_videos": info["num_videos"], "num_frames": info["num_frames"],
+            "video_names": info["video_names"], "spec": [d.max_frames, d.clip_len, bool(d.use_subtitles)]}
+  corpus = hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()
+  weights = params_fingerprint(params)
+  return {"corpus_path": data.path, "split": split, "step": step, "vocab_sha256": m["vocab_sha256"],
+          "video_dim": data.video_dim, "subtitle_dim": data.subtitle_dim, "num_videos": info["num_videos"],
+          "corpus_fingerprint": corpus, "params_fingerprint": weights,
+          "fingerprint": hashlib.sha256((corpus + weights).encode()).hexdigest()}
+
+
+def check_meta(path: str, stored: dict[str, Any], current: dict[str, Any]) -> None:
+  """One-line IndexMismatchError naming the first thing that differs."""
+  checks = (("vocab_sha256", "vocabulary"), ("step", "checkpoint step"), ("params_fingerprint", "checkpoint weights"),
+            ("corpus_fingerprint", "prepared corpus"))
+  for key, what in checks:
+    if stored.get(key) != current.get(key):
+      raise IndexMismatchError(
+          f"{path}: built for another {what} ({key} {str(stored.get(key))[:16]} != {str(current.get(key))[:16]}); "
+          "rebuild it with python -m hammer_jax.index")
