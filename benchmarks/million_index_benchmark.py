@@ -89,7 +89,8 @@ def main(argv=None):
   logs.quiet_library_logs()
   config, _, model, params, step = workdir.restore(args.workdir)
   data = prepared_data.open_prepared(args.prepared_dir)
-  scorer = PairScorer(model, batch_size=config.eval.batch_size, decoding=config.model.decoding)
+  # Programs of K pairs: one query's candidates are one device call (search's shape).
+  scorer = PairScorer(model, batch_size=args.candidates, decoding=config.model.decoding)
   ev = Evaluator(scorer, config, data, "val", top_k=args.candidates, max_queries=args.queries)
   t0 = time.time()
   corpus = ev.encode_corpus(params)
@@ -146,7 +147,7 @@ def main(argv=None):
     t = time.time()
     positions, _ = loaded.search(qv[i:i + 1], args.candidates)
     first.append(time.time() - t)
-    hits += int(gt[i] in positions[0])
+    hits += int(gt[i] in positions[0] % real)  # the real video or one of its generated copies
   exact = first_stage.FirstStageIndex.build(clips, mask, kind="flat")
   exact_hits = sum(int(gt[i] in exact.search(qv[i:i + 1], args.candidates)[0][0]) for i in range(len(qv)))
 
@@ -166,7 +167,7 @@ def main(argv=None):
          "save_seconds": round(save_s, 1), "load_seconds": round(load_s, 1),
          "first_stage": _percentiles(first), "end_to_end": _percentiles(end_to_end), "candidates": args.candidates,
          "queries": len(qv),
-         "real_video_in_top_k": {"million_ivfpq": round(100 * hits / len(qv), 1),
+         "query_video_or_copy_in_top_k": {"million": round(100 * hits / len(qv), 1),
                                  "real_corpus_exact": round(100 * exact_hits / len(qv), 1)},
          "encoder_videos_per_second": round(encode_vps, 1),
          "projected_encoding_hours_for_all": round(args.videos / encode_vps / 3600, 1)}
