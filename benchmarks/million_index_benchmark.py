@@ -60,15 +60,16 @@ class RealPartsIndex:
 
   def search(self, query_vectors, num_videos):
     import numpy as np
-    positions, scores = self.index.search(query_vectors, num_videos)
-    out = np.full_like(positions, -1)
-    for q in range(len(positions)):
-      seen = []
-      for p in positions[q]:
-        if p >= 0 and p % self.real not in seen:
-          seen.append(int(p % self.real))
-      out[q, :len(seen)] = seen
-    return out, scores
+    want = num_videos
+    while True:  # copies of one real video count once: ask for more until num_videos real ones
+      positions, scores = self.index.search(query_vectors, want)
+      out = np.full((len(positions), num_videos), -1, np.int64)
+      for q in range(len(positions)):
+        seen = list(dict.fromkeys(int(p % self.real) for p in positions[q] if p >= 0))[:num_videos]
+        out[q, :len(seen)] = seen
+      if (out >= 0).all() or want >= self.index.num_videos:
+        return out, scores[:, :num_videos]
+      want *= 4
 
 
 def _percentiles(xs):

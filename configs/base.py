@@ -102,7 +102,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # dual-encoder first stage's top `first_stage_candidates` videos only (needs
   # loss.use_dual_encoder; retrieval/retrieve.py). Not in the paper.
   c.eval.retrieval = "exhaustive"
-  c.eval.first_stage_candidates = 50   # K, from the recall curve in BENCHMARKS.md
+  c.eval.first_stage_candidates = 20   # K: BENCHMARKS.md, "Two-stage retrieval" (recall curve, speed, metrics)
   c.eval.first_stage_index = "auto"    # FAISS index kind (retrieval/first_stage.py)
   c.eval.every_steps = 2000
   c.eval.max_queries_during_training = 500

@@ -149,6 +149,17 @@ def atomic_write(p, data: str | bytes) -> None:
   atomic_write_with(p, write)
 
 
+def atomic_write_npz(p, arrays: dict) -> None:
+  """`np.savez` of `arrays` to `p`, written whole or not at all (indices, caches, shards)."""
+  import numpy as np
+
+  def write(tmp: str) -> None:
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
+
+  atomic_write_with(p, write)
+
+
 def copy_file(src, dst) -> None:
   """Streams file `src` to `dst`, each through its own filesystem (local, bucket or another scheme)."""
   with path(src).open("rb") as reader, path(dst).open("wb") as writer:
@@ -183,5 +194,5 @@ def copytree(src, dst) -> None:
 
 
 __all__ = ["path", "native", "is_remote", "has_scheme", "absolute", "join", "exists", "isdir", "isfile", "makedirs", "listdir", "read_text",
-           "read_bytes", "remove", "rmtree", "temporary_path", "atomic_write_with", "atomic_write", "download",
+           "read_bytes", "remove", "rmtree", "temporary_path", "atomic_write_with", "atomic_write", "atomic_write_npz", "download",
            "copy_file", "copytree"]

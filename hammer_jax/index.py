@@ -88,7 +88,8 @@ def build_index(workdir: str, *, prepared_dir: str | None = None, split: str | N
     vectors = np.concatenate([v for _, v, _ in pieces])
     mask = np.concatenate([m for _, _, m in pieces])
     video_index = np.concatenate([b["video_index"][b["example_mask"] > 0] for b, _, _ in pieces])
-    _save_shard(files, files.join(parts, f"shard-{s:05d}.npz"), vectors, mask, video_index)
+    files.atomic_write_npz(files.join(parts, f"shard-{s:05d}.npz"),
+                           dict(vectors=vectors, mask=mask, video_index=video_index))
     done += end - start
     if progress:
       rate = done / max(time.time() - t0, 1e-9)
@@ -110,16 +111,6 @@ def build_index(workdir: str, *, prepared_dir: str | None = None, split: str | N
                  index.index.ntotal, index.nbytes() / 1e6, time.time() - t1)
   startup.barrier("index_saved")
   return path
-
-
-def _save_shard(files, path, vectors, mask, video_index):
-  import numpy as np
-
-  def write(tmp):
-    with open(tmp, "wb") as f:
-      np.savez(f, vectors=vectors, mask=mask, video_index=video_index)
-
-  files.atomic_write_with(path, write)
 
 
 def _load_shard(files, path):

@@ -98,24 +98,26 @@ def restore(workdir: str, step: int | None = None) -> tuple[Any, prepared_data.P
   config = load_config(workdir)
   ckpt_dir = checkpoint_dir(workdir)
   ckpt = checkpointing.Checkpointer(ckpt_dir) if files.isdir(ckpt_dir) else None
-  steps = ckpt.all_steps() if ckpt else []
-  if not steps:
-    raise RestoreError(f"{workdir}: no checkpoint; train first: python -m hammer_jax.main --workdir={workdir} "
-                       f"--config=<config>")
-  if step is not None and step not in steps:
-    raise RestoreError(f"{workdir}: no checkpoint at step {step} (available: {steps})")
-  data = open_data(config, workdir)
-  model = build.create_model(config, data.video_dim, data.subtitle_dim)
-  mesh = train_state.create_mesh()
-  _, abstract, _ = train_state.abstract_train_state(model, config, optimizer.make_optimizer(config.optim),
-                                                    data.video_dim, data.subtitle_dim, mesh)
-  try:
-    state = ckpt.restore(abstract, step)
-  except ValueError as e:
-    first = str(e).strip().splitlines()[0]
-    raise RestoreError(f"{ckpt_dir}: the checkpoint does not fit the model built from {workdir}/config.json and "
-                       f"the data in {data.path} ({first}); evaluate with the data and code it was trained with"
-                       ) from None
+  try:  # Closed on every path: an open Orbax checkpointer's threads break the interpreter's exit.
+    steps = ckpt.all_steps() if ckpt else []
+    if not steps:
+      raise RestoreError(f"{workdir}: no checkpoint; train first: python -m hammer_jax.main --workdir={workdir} "
+                         f"--config=<config>")
+    if step is not None and step not in steps:
+      raise RestoreError(f"{workdir}: no checkpoint at step {step} (available: {steps})")
+    data = open_data(config, workdir)
+    model = build.create_model(config, data.video_dim, data.subtitle_dim)
+    mesh = train_state.create_mesh()
+    _, abstract, _ = train_state.abstract_train_state(model, config, optimizer.make_optimizer(config.optim),
+                                                      data.video_dim, data.subtitle_dim, mesh)
+    try:
+      state = ckpt.restore(abstract, step)
+    except ValueError as e:
+      first = str(e).strip().splitlines()[0]
+      raise RestoreError(f"{ckpt_dir}: the checkpoint does not fit the model built from {workdir}/config.json and "
+                         f"the data in {data.path} ({first}); evaluate with the data and code it was trained with"
+                         ) from None
   finally:
-    ckpt.close()
+    if ckpt is not None:
+      ckpt.close()
   return config, data, model, {"params": local_params(state.params)}, int(state.step)

@@ -61,12 +61,7 @@ class Corpus:
     arrays = {f"parts/{k}": np.asarray(v) for k, v in self.parts.items()}
     arrays.update(video_index=self.video_index, duration=self.duration, frame_seconds=self.frame_seconds,
                   meta=np.array(json.dumps(meta)))
-
-    def write(tmp: str) -> None:
-      with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-    files.atomic_write_with(path, write)
+    files.atomic_write_npz(path, arrays)
 
   @classmethod
   def load(cls, path: str) -> tuple["Corpus", dict[str, Any]]:

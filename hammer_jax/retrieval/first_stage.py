@@ -123,13 +123,23 @@ class FirstStageIndex:
     """Each query's top `num_videos` videos by max clip score.
 
     query_vectors: [Q, e]. Returns (positions int64 [Q, n], scores float32 [Q, n]),
-    n = min(num_videos, V), best first; -1 / -inf pad rows where the index holds
-    fewer distinct videos (an approximate index may). Searching num_videos *
-    clips clips always finds num_videos distinct videos in an exact index.
+    n = min(num_videos, V), best first; -1 / -inf pad rows only where the index
+    cannot return n distinct videos (an approximate index whose probed lists
+    hold fewer).
     """
     n = min(int(num_videos), self.num_videos)
+    queries = np.ascontiguousarray(query_vectors, np.float32)
     want = min(self.index.ntotal, n * self.clips)
-    scores, ids = self.index.search(np.ascontiguousarray(query_vectors, np.float32), want)
+    while True:
+      scores, ids = self.index.search(queries, want)
+      positions, best = self._group(scores, ids, n)
+      # An approximate index (or many near-duplicate clips) can fill `want` hits
+      # with fewer than n videos: ask for more hits until it cannot give more.
+      if (positions >= 0).sum(1).min() >= n or want >= self.index.ntotal:
+        return positions, best
+      want = min(self.index.ntotal, want * 4)
+
+  def _group(self, scores, ids, n):
     positions = np.full((len(ids), n), -1, np.int64)
     best = np.full((len(ids), n), -np.inf, np.float32)
     for q in range(len(ids)):
@@ -149,12 +159,7 @@ class FirstStageIndex:
     faiss = _faiss()
     arrays = dict(index=faiss.serialize_index(self.index),
                   info=np.array(json.dumps(dict(meta, clips=self.clips, num_videos=self.num_videos, kind=self.kind))))
-
-    def write(tmp: str) -> None:
-      with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-    files.atomic_write_with(path, write)
+    files.atomic_write_npz(path, arrays)
 
   @classmethod
   def load(cls, path: str) -> tuple["FirstStageIndex", dict[str, Any]]:

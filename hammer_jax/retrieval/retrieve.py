@@ -121,6 +121,7 @@ def retrieve(scorer: PairScorer, params, corpus: Corpus, token_ids: list[np.ndar
     st, ed = _seconds(loc["start"], loc["end"], corpus, top.reshape(-1))
     moment = inference.moment_log_score(np.take_along_axis(log_p_v, top, 1).reshape(-1) if first_stage is None
                                         else log_p_v[:, :k].reshape(-1), loc["log_score"])
+    moment = np.maximum(moment, -1e30)  # a padded two-stage place: probability 0, kept finite for the files
     vcmr = np.stack([corpus.video_index[top.reshape(-1)], st, ed, moment], -1).reshape(len(rows), k, 4)
     vcmr = np.take_along_axis(vcmr, np.argsort(-vcmr[..., 3], axis=1, kind="stable")[..., None], 1)
     gt_rank = np.zeros(len(rows), np.int64)
@@ -181,8 +182,10 @@ def _two_stage(scorer, params, q_parts, corpus, first_stage, candidates: int, n_
     low = float(ranked_f[i][np.isfinite(ranked_f[i])].min()) if len(head) else 0.0
     order.append(np.concatenate([head, np.asarray(tail, np.int64)]))
     score.append(np.concatenate([ranked_f[i][np.isfinite(ranked_f[i])], low - 1.0 - np.arange(len(tail))]))
-  width = max(len(o) for o in order)
-  order_arr = np.stack([np.pad(o, (0, width - len(o)), constant_values=o[-1]) for o in order])
+  # At least `candidates` wide: an approximate index may list fewer videos for a query; the
+  # missing places repeat its last video with probability 0 (never a crash or a NaN).
+  width = max(max(len(o) for o in order), candidates)
+  order_arr = np.stack([np.pad(o, (0, width - len(o)), constant_values=o[-1] if len(o) else 0) for o in order])
   score_arr = np.stack([np.pad(s, (0, width - len(s)), constant_values=-np.inf) for s in score])
 
   def rank_of(gt):

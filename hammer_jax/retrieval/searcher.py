@@ -114,7 +114,6 @@ class MomentSearcher:
       self.subtitles = read_subtitles(subtitles)
     # One query: programs of one row per device (localisation) and of VR_PAIRS_PER_CALL pairs (VR).
     self.scorer = PairScorer(self.model, batch_size=1, decoding=self.config.model.decoding)
-    self._meta = None
     self.corpus, self.index_status = self._load_or_build_index(rebuild_index, require_index)
     self.first_stage, self.retrieval = self._load_first_stage(retrieval)
     self.candidates = int(candidates or self.config.eval.first_stage_candidates)
@@ -184,9 +183,7 @@ class MomentSearcher:
 
   def _index_meta(self) -> dict[str, Any]:
     """What the indices are computed from; any change (data rebuilt, other weights, shapes) invalidates them."""
-    if self._meta is None:
-      self._meta = index_files.index_meta(self.config, self.data, self.split, self.step, self.params)
-    return self._meta
+    return index_files.index_meta(self.config, self.data, self.split, self.step, self.params)
 
   def _load_first_stage(self, retrieval: str):
     """The first-stage index when two-stage applies: (index or None, "two_stage" | "exhaustive")."""

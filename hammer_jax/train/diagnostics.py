@@ -23,12 +23,17 @@ from hammer_jax.model import build, losses
 from hammer_jax.train import state as ts
 
 
+def _negatives_scored(vr_scores, batch):
+  """[B, J'] mask of the negatives the model scored: none when the VR objective is off (J' = 0)."""
+  return batch["neg_mask"][:, :vr_scores.shape[1] - 1]
+
+
 def in_batch_retrieval_accuracy(vr_scores, batch):
   """Fraction of queries whose positive video (column 0) outscores all its negatives.
 
   Chance is 1 / (1 + num_negatives) when every negative is valid.
   """
-  neg = jnp.where(batch["neg_mask"] > 0, vr_scores[:, 1:], -jnp.inf)
+  neg = jnp.where(_negatives_scored(vr_scores, batch) > 0, vr_scores[:, 1:], -jnp.inf)
   hit = (vr_scores[:, 0] > jnp.max(neg, axis=1, initial=-jnp.inf)).astype(jnp.float32)
   w = batch["example_mask"].astype(jnp.float32)
   return jnp.sum(hit * w) / jnp.maximum(jnp.sum(w), 1.0)
@@ -40,7 +45,8 @@ def vr_score_spread(vr_scores, batch):
   The VR diagnostic to watch (docs/training_dynamics.md): when the video retrieval
   head ties every video this is ~0 while the VR loss sits at ln(1 + J).
   """
-  keep = jnp.concatenate([jnp.ones_like(vr_scores[:, :1]), (batch["neg_mask"] > 0).astype(vr_scores.dtype)], 1)
+  keep = jnp.concatenate([jnp.ones_like(vr_scores[:, :1]),
+                          (_negatives_scored(vr_scores, batch) > 0).astype(vr_scores.dtype)], 1)
   n = jnp.maximum(jnp.sum(keep, axis=1), 1.0)
   mean = jnp.sum(vr_scores * keep, axis=1) / n
   std = jnp.sqrt(jnp.sum(jnp.square(vr_scores - mean[:, None]) * keep, axis=1) / n)
