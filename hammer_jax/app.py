@@ -220,7 +220,7 @@ def main(argv):
     searcher = MomentSearcher(f.workdir, prepared_dir=f.prepared_dir, split=f.split, step=f.step,
                               subtitles=f.subtitles, candidates=f.candidates)
   except (SearchError, workdir.RestoreError, prepared_data.PreparedDataError, pretrained.CheckpointError) as e:
-    sys.exit(f"error: {e}")
+    startup.fail(str(e))
   searchers = Searchers(searcher, f.videos)
   title = (f"`{searcher.data.path}` split `{searcher.split}`: {len(searcher.corpus)} videos; checkpoint step "
            f"{searcher.step} of `{f.workdir}`; retrieval: {', '.join(MODE_LABELS[m] for m in searchers.modes)}")

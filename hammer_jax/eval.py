@@ -18,7 +18,6 @@ scores its share of the queries and process 0 writes the files.
 
 from __future__ import annotations
 
-import sys
 
 from absl import app, flags, logging
 
@@ -61,7 +60,7 @@ def main(argv):
     ev = evaluator.Evaluator(scorer, config, data, split, top_k=top_k, max_queries=FLAGS.max_queries,
                              analyses=True, retrieval=FLAGS.retrieval, candidates=FLAGS.candidates)
   except (workdirs.RestoreError, prepared_data.PreparedDataError, ConfigError) as e:
-    sys.exit(f"error: {e}")
+    startup.fail(str(e))
   out_dir = workdirs.eval_dir(FLAGS.workdir, split, step, ev.retrieval)
   how = ev.retrieval if ev.retrieval == "exhaustive" else f"two-stage, {ev.candidates} candidates"
   logging.info("Evaluating %s (step %d) on %s/%s, top %d videos (%s)", FLAGS.workdir, step, data.path, split,

@@ -133,7 +133,7 @@ def main(argv):
     path = build_index(FLAGS.workdir, prepared_dir=FLAGS.prepared_dir, split=FLAGS.split, step=FLAGS.step,
                        kind=FLAGS.kind, videos_per_shard=FLAGS.videos_per_shard)
   except (ValueError, workdirs.RestoreError, prepared_data.PreparedDataError) as e:
-    sys.exit(f"error: {e}")
+    startup.fail(str(e))
   print(f"Wrote {path}")
   startup.finish(0)
 

@@ -94,7 +94,7 @@ def main(argv):
       except SearchError as e:  # e.g. a query with no known token: say so and keep going
         print(f"error: {e}", file=sys.stderr, flush=True)
   except (SearchError, workdir.RestoreError, prepared_data.PreparedDataError, pretrained.CheckpointError) as e:
-    sys.exit(f"error: {e}")
+    startup.fail(str(e))
 
 
 def define_flags():

@@ -94,6 +94,18 @@ def start() -> str:
   return initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
 
 
+def fail(message: str) -> None:
+  """A binary's one-line error after start-up: `error: message` on stderr, exit code 1, via `finish`.
+
+  (Not `sys.exit`: the interpreter's teardown can then print a thread's
+  traceback, e.g. a library's executor refusing work during shutdown, after
+  the one line.)
+  """
+  import sys
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  finish(1)
+
+
 def finish(code: int = 0) -> None:
   """Ends the process once the run's results are durable, skipping the interpreter's teardown.
 
