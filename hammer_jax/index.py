@@ -43,7 +43,7 @@ def build_index(workdir: str, *, prepared_dir: str | None = None, split: str | N
   import numpy as np
   from hammer_jax import files
   from hammer_jax import workdir as workdirs
-  from hammer_jax.data import input_pipeline, prepared_data
+  from hammer_jax.data import input_pipeline
   from hammer_jax.retrieval import index_files
   from hammer_jax.retrieval.first_stage import FirstStageIndex
   from hammer_jax.retrieval.scorer import PairScorer, local_params
@@ -52,11 +52,7 @@ def build_index(workdir: str, *, prepared_dir: str | None = None, split: str | N
   if not model.config.dual_encoder_dim:
     raise ValueError(f"{workdir}: the model has no dual-encoder head (trained with loss.use_dual_encoder=False); "
                      "train with the `two_stage` variant, or see docs/two_stage.md to add the head")
-  data = model_data if prepared_dir is None else prepared_data.open_prepared(prepared_dir)
-  data.check_vocabulary(model_data.manifest["vocab_sha256"], model_data.manifest.get("text_checkpoint", ""))
-  data.check_feature_dims(model_data.video_dim, model_data.subtitle_dim)
-  split = split or (config.data.eval_split if prepared_dir is None or config.data.eval_split in data.manifest["splits"]
-                    else sorted(data.manifest["splits"])[0])
+  data, split = index_files.open_corpus(config, model_data, prepared_dir, split)
   num_videos = data.split(split)["num_videos"]
   params = local_params(params)
   meta = index_files.index_meta(config, data, split, step, params)

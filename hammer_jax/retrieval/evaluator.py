@@ -142,19 +142,13 @@ class Evaluator:
   def retrieve(self, params) -> Retrieval:
     params = local_params(params)
     corpus = self.encode_corpus(params)
-    index = self.first_stage_index(params, corpus) if self.retrieval == "two_stage" else None
-    result = retrieve(self.scorer, params, corpus, self.queries.token_ids, top_k=self.top_k,
-                      max_query_len=self.spec.max_query_len, query_rows=self.rows,
-                      ground_truth=self.queries.video_index if self.has_gt else None,
-                      first_stage=index, candidates=self.candidates)
-    if index is None and self.has_first_stage and self.has_gt:  # recall of the first stage, beside exhaustive
-      q_parts = self.scorer.encode_queries(params, input_pipeline.eval_query_batches(
-          [self.queries.token_ids[r] for r in self.rows], self.spec.max_query_len, self.scorer.batch_size,
-          process_index=0, process_count=1))
-      listed, _ = self.first_stage_index(params, corpus).search(self.scorer.embed_queries(params, q_parts),
-                                                                max(self.RECALL_AT))
-      result.first_stage = np.where(listed >= 0, corpus.video_index[np.maximum(listed, 0)], -1)
-    return result
+    two_stage = self.retrieval == "two_stage"
+    index = self.first_stage_index(params, corpus) if two_stage or (self.has_first_stage and self.has_gt) else None
+    return retrieve(self.scorer, params, corpus, self.queries.token_ids, top_k=self.top_k,
+                    max_query_len=self.spec.max_query_len, query_rows=self.rows,
+                    ground_truth=self.queries.video_index if self.has_gt else None,
+                    first_stage=index if two_stage else None, candidates=self.candidates,
+                    recall_index=None if two_stage else index)  # exhaustive: the first stage's recall beside it
 
   def run(self, params, out_dir: str | None = None) -> Iterator[tuple[str, float]]:
     """Evaluates `params` ({"params": ...}); yields (name, value); writes files into `out_dir` (process 0)."""

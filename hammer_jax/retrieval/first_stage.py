@@ -80,12 +80,12 @@ class FirstStageIndex:
   def build(cls, clip_vectors: np.ndarray, clip_mask: np.ndarray, *, kind: str = "auto", pq_bytes: int = 32,
             nprobe: int = 32, train_size: int = 131_072, seed: int = 0) -> "FirstStageIndex":
     """Index of the real clips: clip_vectors [V, K, e] (unit rows), clip_mask [V, K]."""
-    v, k, e = clip_vectors.shape
-    kind = choose_kind(int((np.asarray(clip_mask) > 0).sum()), kind)
-    out = cls(cls.empty(e, kind, int((np.asarray(clip_mask) > 0).sum()), pq_bytes=pq_bytes, nprobe=nprobe), k, 0,
-              kind)
+    _, k, e = clip_vectors.shape
+    real = np.asarray(clip_mask) > 0
+    kind = choose_kind(int(real.sum()), kind)
+    out = cls(cls.empty(e, kind, int(real.sum()), pq_bytes=pq_bytes, nprobe=nprobe), k, 0, kind)
     if kind == "ivfpq":
-      vectors = np.asarray(clip_vectors, np.float32)[np.asarray(clip_mask) > 0]
+      vectors = np.asarray(clip_vectors, np.float32)[real]
       rng = np.random.default_rng(seed)
       out.train(vectors[rng.choice(len(vectors), min(train_size, len(vectors)), replace=False)])
     out.add(clip_vectors, clip_mask)

@@ -33,6 +33,25 @@ class IndexMismatchError(ValueError):
   """A saved index was built from something else than what it is used with (one line)."""
 
 
+def open_corpus(config, model_data, prepared_dir: str | None, split: str | None):
+  """(data, split) of the corpus that search and `hammer_jax.index` work on, the same rule for both.
+
+  The workdir's data, or a folder the user prepared (it must share the model
+  data's vocabulary and feature widths); the split defaults to the config's eval
+  split, or to the only split of a user corpus that lacks it.
+  """
+  from hammer_jax.data import prepared_data
+  data = model_data if prepared_dir is None else prepared_data.open_prepared(prepared_dir)
+  # The model's token-id space is the one its training data was tokenised with.
+  data.check_vocabulary(model_data.manifest["vocab_sha256"], model_data.manifest.get("text_checkpoint", ""))
+  data.check_feature_dims(model_data.video_dim, model_data.subtitle_dim)
+  if split is None:
+    split = config.data.eval_split
+    if prepared_dir is not None and split not in data.manifest["splits"] and len(data.manifest["splits"]) == 1:
+      split = next(iter(data.manifest["splits"]))  # A user corpus usually holds one split.
+  return data, split
+
+
 def params_fingerprint(params) -> str:
   """sha256 over every parameter's shape, dtype and bytes (any retraining changes it)."""
   import jax

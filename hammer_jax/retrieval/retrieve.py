@@ -76,7 +76,7 @@ def retrieve(scorer: PairScorer, params, corpus: Corpus, token_ids: list[np.ndar
              max_query_len: int, ground_truth: np.ndarray | None = None,
              query_rows: np.ndarray | None = None, local: bool = False,
              vr_pairs_per_call: int | None = None, first_stage: FirstStageIndex | None = None,
-             candidates: int | None = None) -> Retrieval:
+             candidates: int | None = None, recall_index: FirstStageIndex | None = None) -> Retrieval:
   """Both stages for the queries `token_ids[query_rows]` (default: all) against `corpus`.
 
   Args:
@@ -88,6 +88,8 @@ def retrieve(scorer: PairScorer, params, corpus: Corpus, token_ids: list[np.ndar
     vr_pairs_per_call: pairs per VR device program (default: the scorer's batch).
     first_stage: two-stage retrieval: this index's top `candidates` videos
       (default: all) are re-scored by HAMMER instead of every corpus video.
+    recall_index: exhaustive mode: also list this index's top videos per query
+      (`Retrieval.first_stage`, for the first stage's recall).
   """
   rows_all = np.arange(len(token_ids)) if query_rows is None else np.asarray(query_rows)
   share = (0, 1) if local else (jax.process_index(), jax.process_count())
@@ -96,7 +98,7 @@ def retrieve(scorer: PairScorer, params, corpus: Corpus, token_ids: list[np.ndar
   v = len(corpus)
   k_vr = min(MAX_PREDICTIONS, v)  # VR ranks every video: the list is as long as a submission allows.
   if first_stage is None:
-    k, n_fs = min(top_k, v), 0
+    k, n_fs = min(top_k, v), (k_vr if recall_index is not None else 0)
   else:
     candidates = min(int(candidates or v), v)
     k, n_fs = min(top_k, candidates), min(max(candidates, k_vr), v)
@@ -108,6 +110,8 @@ def retrieve(scorer: PairScorer, params, corpus: Corpus, token_ids: list[np.ndar
     q_parts = scorer.encode_queries(params, batches)
     if first_stage is None:
       ranked = _exhaustive(scorer, params, q_parts, corpus, vr_pairs_per_call)
+      if recall_index is not None:  # listed for its recall only; HAMMER still scores every video
+        ranked["first_stage"] = recall_index.search(scorer.embed_queries(params, q_parts), n_fs)[0]
     else:
       ranked = _two_stage(scorer, params, q_parts, corpus, first_stage, candidates, n_fs)
     order, vr_list_score, log_p_v = ranked["order"], ranked["score"], ranked["log_p_v"]
@@ -177,11 +181,13 @@ def _two_stage(scorer, params, q_parts, corpus, first_stage, candidates: int, n_
                                                                                 -1e30)), -np.inf)
   order, score = [], []
   for i in range(q):
-    head = ranked_pos[i][np.isfinite(ranked_f[i])]
-    tail = [p for p in fs_pos[i, candidates:] if p >= 0 and p not in set(head.tolist())]
-    low = float(ranked_f[i][np.isfinite(ranked_f[i])].min()) if len(head) else 0.0
-    order.append(np.concatenate([head, np.asarray(tail, np.int64)]))
-    score.append(np.concatenate([ranked_f[i][np.isfinite(ranked_f[i])], low - 1.0 - np.arange(len(tail))]))
+    real = np.isfinite(ranked_f[i])
+    head, head_f = ranked_pos[i][real], ranked_f[i][real]
+    rest = fs_pos[i, candidates:]
+    tail = rest[(rest >= 0) & ~np.isin(rest, head)]
+    low = float(head_f.min()) if len(head) else 0.0
+    order.append(np.concatenate([head, tail]))
+    score.append(np.concatenate([head_f, low - 1.0 - np.arange(len(tail))]))
   # At least `candidates` wide: an approximate index may list fewer videos for a query; the
   # missing places repeat its last video with probability 0 (never a crash or a NaN).
   width = max(max(len(o) for o in order), candidates)

@@ -88,19 +88,11 @@ class MomentSearcher:
                step: int | None = None, subtitles: str | None = None, rebuild_index: bool = False,
                require_index: bool = False, retrieval: str = "auto", candidates: int | None = None):
     from hammer_jax import workdir as workdirs
-    from hammer_jax.data import prepared_data
     from hammer_jax.retrieval.scorer import PairScorer
 
     self.workdir = workdir
     self.config, self.model_data, self.model, self.params, self.step = workdirs.restore(workdir, step)
-    data = self.model_data if prepared_dir is None else prepared_data.open_prepared(prepared_dir)
-    # The model's token-id space is the one its training data was tokenised with.
-    data.check_vocabulary(self.model_data.manifest["vocab_sha256"], self.model_data.manifest.get("text_checkpoint", ""))
-    data.check_feature_dims(self.model_data.video_dim, self.model_data.subtitle_dim)
-    if split is None:
-      split = self.config.data.eval_split
-      if prepared_dir is not None and split not in data.manifest["splits"] and len(data.manifest["splits"]) == 1:
-        split = next(iter(data.manifest["splits"]))  # A user corpus usually holds one split.
+    data, split = index_files.open_corpus(self.config, self.model_data, prepared_dir, split)
     self.data, self.split = data, split
     info = data.split(split)  # Unknown split: one-line PreparedDataError listing the prepared ones.
     if not info["num_videos"]:
@@ -114,8 +106,9 @@ class MomentSearcher:
       self.subtitles = read_subtitles(subtitles)
     # One query: programs of one row per device (localisation) and of VR_PAIRS_PER_CALL pairs (VR).
     self.scorer = PairScorer(self.model, batch_size=1, decoding=self.config.model.decoding)
-    self.corpus, self.index_status = self._load_or_build_index(rebuild_index, require_index)
-    self.first_stage, self.retrieval = self._load_first_stage(retrieval)
+    meta = self._index_meta()  # Hashes every parameter: once, for both indices.
+    self.corpus, self.index_status = self._load_or_build_index(meta, rebuild_index, require_index)
+    self.first_stage, self.retrieval = self._load_first_stage(meta, retrieval)
     self.candidates = int(candidates or self.config.eval.first_stage_candidates)
     self.video_names = [info["video_names"][i] for i in self.corpus.video_index]
     self.last_notices: list[str] = []  # of the latest search: see `notices`
@@ -185,7 +178,7 @@ class MomentSearcher:
     """What the indices are computed from; any change (data rebuilt, other weights, shapes) invalidates them."""
     return index_files.index_meta(self.config, self.data, self.split, self.step, self.params)
 
-  def _load_first_stage(self, retrieval: str):
+  def _load_first_stage(self, meta: dict[str, Any], retrieval: str):
     """The first-stage index when two-stage applies: (index or None, "two_stage" | "exhaustive")."""
     path = index_files.first_stage_path(self.workdir, self.data, self.split, self.step)
     if retrieval == "exhaustive" or (retrieval == "auto" and not files.exists(path)):
@@ -202,15 +195,15 @@ class MomentSearcher:
       raise SearchError(f"{path}: unreadable first-stage index ({e.__class__.__name__}); rebuild it with "
                         "python -m hammer_jax.index") from None
     try:
-      index_files.check_meta(path, stored, self._index_meta())
+      index_files.check_meta(path, stored, meta)
     except index_files.IndexMismatchError as e:
       raise SearchError(str(e)) from None
     return index, "two_stage"
 
-  def _load_or_build_index(self, rebuild: bool, require: bool) -> tuple[Corpus, str]:
+  def _load_or_build_index(self, meta: dict[str, Any], rebuild: bool, require: bool) -> tuple[Corpus, str]:
     from absl import logging
     from hammer_jax.data import input_pipeline
-    path, meta = self.index_path(), self._index_meta()
+    path = self.index_path()
     why = "not built yet"
     if rebuild:
       why = "--rebuild_index"
