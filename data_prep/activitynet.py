@@ -28,6 +28,11 @@ def prepare_activitynet(out_dir: str, *, annotation_dir: str = "", split_files: 
                         max_frames: int = 128, max_query_len: int = 64, videos_per_shard: int = 256,
                         missing_videos: str = "error", overwrite: bool = False) -> dict[str, Any]:
   """Converts ActivityNet Captions; returns the `prepared.json` manifest."""
+  if missing_videos not in ("error", "drop"):
+    raise ValueError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
+  records.require_at_least("max_frames", max_frames, 1, "rows per video after resampling")
+  records.require_at_least("videos_per_shard", videos_per_shard, 1, "videos per TFRecord shard")
+  records.require_at_least("max_query_len", max_query_len, 3, "[CLS], at least one token, [SEP]")
   files = annotations.annotation_files(annotation_dir, split_files, SPLIT_FILES)
   ckpt = pretrained.resolve_checkpoint_dir(text_checkpoint, need_weights=False)
   tokenizer = pretrained.load_tokenizer(ckpt)
@@ -38,6 +43,7 @@ def prepare_activitynet(out_dir: str, *, annotation_dir: str = "", split_files: 
     for split, path in files.items():
       log = RepairLog()
       queries = annotations.read_activitynet_json(path, log)
+      queries = annotations.tokenize_queries(queries, tokenizer, max_query_len, log, path)
       by_video: dict[str, list[Query]] = {}
       for q in queries:
         by_video.setdefault(q.vid_name, []).append(q)
@@ -52,7 +58,10 @@ def prepare_activitynet(out_dir: str, *, annotation_dir: str = "", split_files: 
       if split == "train":
         entries = records.shuffled_for_training(entries)
       queries = [q for e in entries for q in e.queries]
+      annotations.require_queries(split, path, queries, entries, log)
       parsed[split] = (entries, queries, log)
+    annotations.check_train_videos_not_evaluated(
+        {split: (files[split], [e.vid_name for e in entries]) for split, (entries, _, _) in parsed.items()})
 
     all_names = sorted({e.vid_name for entries, _, _ in parsed.values() for e in entries})
     video_dim = features.check_videos(feats, all_names)
@@ -64,23 +73,21 @@ def prepare_activitynet(out_dir: str, *, annotation_dir: str = "", split_files: 
         log.repair(f"resampled to {max_frames} rows by average pooling", entry.vid_name)
       return video, None, None, entry.duration / video.shape[0]
 
-    writer = PreparedWriter(
+    with PreparedWriter(
         out_dir, source="activitynet", video_dim=video_dim, subtitle_dim=0,
         checkpoint=pretrained.portable_name(text_checkpoint, ckpt),
         vocab_sha256=pretrained.vocab_fingerprint(ckpt), videos_per_shard=videos_per_shard, splits=list(parsed),
         overwrite=overwrite,
         build_args={"files": files, "video_feature": video_feature, "max_frames": max_frames,
                     "max_query_len": max_query_len, "missing_videos": missing_videos,
-                    "inputs": records.input_fingerprint([*files.values(), video_feature])})
-    if writer.up_to_date:
-      return dict(writer.up_to_date, up_to_date=True)
-    for _, queries, _ in parsed.values():
-      annotations.tokenize_queries(queries, tokenizer, max_query_len)
-    for split, (entries, queries, log) in parsed.items():
-      writer.write_split(split, entries, queries, load_video, log, has_ground_truth=True)
-    return writer.finalize({"video2idx": {s: {e.vid_name: e.video_index for e in p[0]} for s, p in parsed.items()},
-                            "frame_seconds": None, "max_frames_prepared": max_frames,
-                            "max_query_len_prepared": max_query_len})
+                    "inputs": records.input_fingerprint([*files.values(), video_feature])}) as writer:
+      if writer.up_to_date:
+        return dict(writer.up_to_date, up_to_date=True)
+      for split, (entries, queries, log) in parsed.items():
+        writer.write_split(split, entries, queries, load_video, log, has_ground_truth=True)
+      return writer.finalize({"video2idx": {s: {e.vid_name: e.video_index for e in p[0]} for s, p in parsed.items()},
+                              "frame_seconds": None, "max_frames_prepared": max_frames,
+                              "max_query_len_prepared": max_query_len})
 
   try:
     return convert()

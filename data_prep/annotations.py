@@ -11,6 +11,8 @@ repaired into a moment and its query is dropped, counted by reason.
 
 from __future__ import annotations
 
+import codecs
+import errno
 import json
 import math
 import os
@@ -18,7 +20,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from data_prep.records import DataError, Query, RepairLog
+from data_prep.records import INT64_MAX, INT64_MIN, DataError, Query, RepairLog, VideoEntry
 
 
 def annotation_files(annotation_dir: str, split_files: dict[str, str] | None,
@@ -27,17 +29,39 @@ def annotation_files(annotation_dir: str, split_files: dict[str, str] | None,
   files = dict(split_files or {})
   if annotation_dir:
     for split, name in names.items():
-      if split not in files and os.path.exists(os.path.join(annotation_dir, name)):
+      # lexists: a broken link is a file the user meant to give, not a split left out.
+      if split not in files and os.path.lexists(os.path.join(annotation_dir, name)):
         files[split] = os.path.join(annotation_dir, name)
   if not files:
     raise DataError(annotation_dir or "<flags>", "<folder>", "annotations",
                     f"no annotation file found (expected one of {', '.join(names.values())})")
+  for path in files.values():
+    _check_readable(path)
   return files
 
 
-def _number(value: Any, path: str, record: str, field: str) -> float:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-    raise DataError(path, record, field, f"expected a finite number, got {value!r}")
+def _check_readable(path: str) -> None:
+  """A dangling or looping symlink, or a missing file, is one line naming the link and its target."""
+  try:
+    os.stat(path)
+  except OSError as e:
+    if os.path.islink(path):
+      target = os.readlink(path)
+      problem = ("is a symlink that loops" if e.errno == errno.ELOOP
+                 else f"is a symlink to {target}, which does not exist")
+      raise DataError(path, "<file>", "<file>", f"{problem}: fix the link or give the file itself") from None
+    raise DataError(path, "<file>", "<file>", f"cannot read ({e.strerror or e})") from None
+
+
+def number(value: Any, path: str, record: str, field: str) -> float:
+  """A finite JSON number; a string ("12.5") is refused like any other non-number."""
+  try:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+  except OverflowError:  # An integer beyond float range.
+    ok = False
+  if not ok:
+    shown = repr(value) if len(repr(value)) < 40 else repr(value)[:37] + "..."
+    raise DataError(path, record, field, f"expected a finite number, got {shown}")
   return float(value)
 
 
@@ -74,6 +98,8 @@ def read_lines(path: str):
     raise DataError(path, "<file>", "<file>", f"cannot read ({e.strerror or e})") from None
   with f:
     for line_no, raw in enumerate(f, start=1):
+      if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]  # Rule: a UTF-8 byte-order mark (Windows editors write one) is ignored.
       try:
         yield line_no, raw.decode("utf-8")
       except UnicodeDecodeError as e:
@@ -81,11 +107,27 @@ def read_lines(path: str):
                         f"not UTF-8: byte 0x{raw[e.start]:02x} at column {e.start + 1}") from None
 
 
-def _json_error(path: str, text: str, e: json.JSONDecodeError, line_no: int | None = None) -> DataError:
-  """Where JSON parsing failed: line and column (in the file), and the text around it."""
-  line = line_no if line_no is not None else e.lineno
-  snippet = text[max(0, e.pos - 20):e.pos + 20].replace("\n", " ").strip()
-  return DataError(path, f"line {line}", "<json>", f"malformed JSON ({e.msg} at column {e.colno}, near {snippet!r})")
+def json_error(path: str, text: str, e: json.JSONDecodeError, first_line: int = 1,
+               unit: str = "file") -> DataError:
+  """Where JSON parsing of `text` (the whole file, or one `unit="line"` at line `first_line` of `path`)
+  failed: line, column, nearby text.
+
+  JSON reports an expected token where the next one starts; when line breaks lie
+  between (a missing comma at a line's end, a file cut short), that is column 1 of
+  a later line, or past the end. The place reported is then right after the last
+  token, where the text actually stops making sense.
+  """
+  pos = e.pos
+  before = text[:pos]
+  if e.msg.startswith("Expecting") and "\n" in before[len(before.rstrip()):]:
+    pos = len(before.rstrip())
+  line = first_line + text.count("\n", 0, pos)
+  column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+  snippet = text[max(0, pos - 20):pos + 20].replace("\n", " ").strip()
+  msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg  # "Invalid control character at"
+  where = f" (end of the {unit})" if not text[pos:].strip() else ""
+  return DataError(path, f"line {line}", "<json>",
+                   f"malformed JSON ({msg} at column {column}{where}, near {snippet!r})")
 
 
 def read_tvr_jsonl(path: str, log: RepairLog, *, with_ground_truth: bool) -> list[Query]:
@@ -104,7 +146,7 @@ def read_tvr_jsonl(path: str, log: RepairLog, *, with_ground_truth: bool) -> lis
     try:
       rec = json.loads(line)
     except json.JSONDecodeError as e:
-      raise _json_error(path, line, e, line_no) from None
+      raise json_error(path, line, e, line_no, unit="line") from None
     if not isinstance(rec, dict):
       raise DataError(path, where, "<json>", "expected a JSON object")
     if "desc_id" not in rec:
@@ -112,6 +154,9 @@ def read_tvr_jsonl(path: str, log: RepairLog, *, with_ground_truth: bool) -> lis
     desc_id = rec["desc_id"]
     if isinstance(desc_id, bool) or not isinstance(desc_id, int):
       raise DataError(path, where, "desc_id", f"expected an integer, got {desc_id!r}")
+    if not INT64_MIN <= desc_id <= INT64_MAX:
+      raise DataError(path, where, "desc_id", f"{desc_id} does not fit in int64 (prepared data stores desc_id "
+                      "as int64): renumber the queries")
     where = f"line {line_no} (desc_id {desc_id})"
     if desc_id in seen:
       raise DataError(path, where, "desc_id", f"duplicate desc_id, first seen on line {seen[desc_id]}")
@@ -119,27 +164,26 @@ def read_tvr_jsonl(path: str, log: RepairLog, *, with_ground_truth: bool) -> lis
     desc = rec.get("desc")
     if not isinstance(desc, str) or not desc.strip():
       raise DataError(path, where, "desc", "empty or missing description")
-    q = Query(desc_id=desc_id, desc=desc.strip())
+    q = Query(desc_id=desc_id, desc=desc.strip(), where=where)
     if with_ground_truth:
       for key in ("vid_name", "duration", "ts"):
         if key not in rec:
           raise DataError(path, where, key, "missing")
       if not isinstance(rec["vid_name"], str) or not rec["vid_name"]:
         raise DataError(path, where, "vid_name", "empty or not a string")
-      duration = _number(rec["duration"], path, where, "duration")
+      duration = number(rec["duration"], path, where, "duration")
       if duration <= 0:
         raise DataError(path, where, "duration", f"must be positive, got {duration}")
       ts = rec["ts"]
       if not isinstance(ts, list) or len(ts) != 2:
         raise DataError(path, where, "ts", f"expected [st, ed], got {ts!r}")
-      st, ed = (_number(t, path, where, "ts") for t in ts)
+      st, ed = (number(t, path, where, "ts") for t in ts)
       span = repair_span(st, ed, duration, log, f"{path} {where}")
       if span is None:
         continue
       q.st, q.ed = span
       q.vid_name, q.duration = rec["vid_name"], duration
       q.type = str(rec.get("type", ""))
-      q.where = where
     queries.append(q)
   return queries
 
@@ -151,10 +195,13 @@ def read_activitynet_json(path: str, log: RepairLog) -> list[Query]:
   official files keep stable; videos keep their order of appearance.
   """
   text = "".join(line for _, line in read_lines(path))
+  if not text.strip():
+    raise DataError(path, "<file>", "<json>", "the file is empty or blank: give the release file, or leave the "
+                    "split out")
   try:
     data = json.loads(text)
   except json.JSONDecodeError as e:
-    raise _json_error(path, text, e) from None
+    raise json_error(path, text, e) from None
   if not isinstance(data, dict):
     raise DataError(path, "<top level>", "<json>", "expected an object {video_id: {...}}")
   queries: list[Query] = []
@@ -166,7 +213,7 @@ def read_activitynet_json(path: str, log: RepairLog) -> list[Query]:
     for key in ("duration", "timestamps", "sentences"):
       if key not in rec:
         raise DataError(path, where, key, "missing")
-    duration = _number(rec["duration"], path, where, "duration")
+    duration = number(rec["duration"], path, where, "duration")
     if duration <= 0:
       raise DataError(path, where, "duration", f"must be positive, got {duration}")
     stamps, sentences = rec["timestamps"], rec["sentences"]
@@ -178,7 +225,7 @@ def read_activitynet_json(path: str, log: RepairLog) -> list[Query]:
         raise DataError(path, at, "sentences", "empty description")
       if not isinstance(ts, list) or len(ts) != 2:
         raise DataError(path, at, "timestamps", f"expected [st, ed], got {ts!r}")
-      st, ed = (_number(t, path, at, "timestamps") for t in ts)
+      st, ed = (number(t, path, at, "timestamps") for t in ts)
       # desc_id counts every sentence, dropped or not, so ids stay those of the official file order.
       desc_id = next_id
       next_id += 1
@@ -190,12 +237,58 @@ def read_activitynet_json(path: str, log: RepairLog) -> list[Query]:
   return queries
 
 
-def tokenize_queries(queries: Iterable[Query], tokenizer, max_len: int, batch: int = 4096) -> None:
-  """Fills `token_ids` ([CLS] ... [SEP], truncated to max_len) in place, in batches for speed."""
+NO_KNOWN_TOKEN = "description without a token the vocabulary knows (empty or only [UNK] after tokenisation)"
+
+
+def tokenize_queries(queries: Iterable[Query], tokenizer, max_len: int, log: RepairLog, path: str,
+                     batch: int = 4096) -> list[Query]:
+  """Fills `token_ids` ([CLS] ... [SEP], at most max_len) in place; returns the queries kept.
+
+  A description longer than max_len tokens is cut (its last tokens go, [SEP]
+  stays) and counted. A description that leaves no token but [CLS], [SEP] and
+  [UNK] (zero-width spaces, emoji only) is dropped and counted: nothing in it
+  can match a moment.
+  """
   queries = list(queries)
+  special = set(tokenizer.all_special_ids)
+  kept = []
   for i in range(0, len(queries), batch):
     chunk = queries[i:i + batch]
-    enc = tokenizer([q.desc for q in chunk], truncation=True, max_length=max_len,
-                    add_special_tokens=True)["input_ids"]
+    enc = tokenizer([q.desc for q in chunk], add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     for q, ids in zip(chunk, enc):
+      if all(t in special for t in ids):
+        log.drop(NO_KNOWN_TOKEN, f"{path} {q.where}")
+        continue
+      if len(ids) > max_len:
+        log.repair(f"description cut at max_query_len={max_len} tokens", f"{path} {q.where}")
+        ids = ids[:max_len - 1] + ids[-1:]
       q.token_ids = np.asarray(ids, np.int32)
+      kept.append(q)
+  return kept
+
+
+def require_queries(split: str, path: str, queries: list[Query], entries: list[VideoEntry], log: RepairLog) -> None:
+  """A split with no query or no video cannot be read back: refused, saying whether the file was empty."""
+  if queries and entries:
+    return
+  dropped = ", ".join(f"{n} {reason}" for reason, n in sorted(log.dropped.items()))
+  problem = (f"every query of split {split} was dropped ({dropped})" if dropped
+             else f"split {split} has no query (the file is empty, blank or holds no record)")
+  raise DataError(path, "<file>", "<records>", f"{problem}: nothing to prepare for it; fix the file or leave the "
+                  "split out")
+
+
+def check_train_videos_not_evaluated(videos: dict[str, tuple[str, list[str]]]) -> None:
+  """No video of the train split is in another split ({split: (file, video names)}): it would be
+  evaluated on what it was trained on. Evaluation splits may share videos (ActivityNet's val_1 and
+  val_2 annotate the same videos twice)."""
+  if "train" not in videos:
+    return
+  train_path, train_names = videos["train"]
+  train = set(train_names)
+  for split, (path, names) in videos.items():
+    shared = [n for n in names if n in train] if split != "train" else []
+    if shared:
+      raise DataError(path, f"video {shared[0]}", "vid_name",
+                      f"{len(shared)} video(s) of split {split} are also in the train split ({train_path}): a "
+                      "video trained on must not be evaluated; remove them from one of the files")

@@ -7,6 +7,7 @@ status 1) and prints the preparation summary.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Callable
 
 from hammer_jax.model import pretrained
@@ -47,13 +48,49 @@ def main(define_flags: Callable[[], None], prepare: Callable[[Any], dict]) -> No
   app.run(run_main)
 
 
-def run(prepare: Callable[[Any], dict]) -> None:
-  """absl main body: `prepare(FLAGS)` -> manifest; bad input exits with one line."""
-  from absl import flags
+def run(prepare: Callable[[Any], dict], f: Any = None) -> None:
+  """absl main body: `prepare(f)` -> manifest (f: the parsed flags); failures exit with one `error:` line.
+
+  Bad input (DataError, a missing text checkpoint), Ctrl-C and a full disk are
+  anticipated: the line says what happened and that the dataset published
+  before (named) is intact, since a run only ever writes its own build folder
+  until it switches prepared.json (prepared_writer.py). Anything else is a bug
+  and keeps its traceback.
+  """
   from data_prep.prepared_writer import format_summary
   from data_prep.records import DataError
+  if f is None:
+    from absl import flags
+    f = flags.FLAGS
   try:
-    manifest = prepare(flags.FLAGS)
+    manifest = prepare(f)
   except (DataError, pretrained.CheckpointError) as e:
     raise SystemExit(f"error: {e}")
+  except KeyboardInterrupt:
+    raise SystemExit(f"error: interrupted (Ctrl-C) while preparing {f.out_dir}; {_state_of(f.out_dir)}") from None
+  except Exception as e:  # noqa: BLE001 - only a full disk is turned into a line; the rest is re-raised.
+    if not _disk_full(e):
+      raise
+    where = getattr(e, "filename", None) or f.out_dir
+    raise SystemExit(f"error: no space left on the device writing {where}; {_state_of(f.out_dir)}; free space "
+                     "(or choose another --out_dir) first") from None
   print(format_summary(manifest))
+
+
+def _disk_full(e: BaseException) -> bool:
+  """ENOSPC / EDQUOT from Python I/O, or TensorFlow's file writers (which raise their own error types)."""
+  if isinstance(e, OSError):
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+  return type(e).__name__ == "ResourceExhaustedError" and "No space left" in str(e)
+
+
+def _state_of(out_dir: str) -> str:
+  """What a stopped run leaves: the published dataset (intact), and how to continue."""
+  from data_prep.prepared_writer import existing_manifest
+  manifest = existing_manifest(out_dir)
+  resume = "the same command continues from the finished shards"
+  if not manifest:
+    return f"no dataset was published there (no prepared.json); {resume}"
+  splits = ", ".join(sorted(manifest.get("splits", {})))
+  return (f"the dataset prepared there before ({manifest.get('data_folder')}, splits {splits}, named by "
+          f"prepared.json) is intact; {resume}")

@@ -18,10 +18,18 @@ new folder keeps its finished shards, and a re-run with the same arguments
 continues where it stopped; a re-run of a complete, up-to-date dataset does
 nothing. A run that prepares other splits than the folder holds is refused (it
 would otherwise drop or mix splits) unless `overwrite` says to replace them.
+
+One run writes into an `out_dir` at a time (data_prep/lock.py: a lock locally, a
+marker and a notice on a bucket), held from reading the current prepared.json
+to publishing. Independently of the lock, nothing a run deletes (stale shards,
+progress records, earlier build folders) is ever inside the folder that
+prepared.json names at that moment, and a build is published only when every
+shard its manifest lists is present.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,7 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from data_prep import records
+from data_prep import lock, records
 from hammer_jax import files
 from data_prep.records import DataError, Query, RepairLog, VideoEntry
 from hammer_jax.model import pretrained
@@ -48,6 +56,13 @@ def _refuse(out_dir: str, problem: str):
 
 
 DATA_FOLDER_PREFIX = "data-"
+
+
+def published_folder(out_dir: str) -> str | None:
+  """The data folder name that `out_dir/prepared.json` names now (None: none, or unreadable)."""
+  manifest = existing_manifest(out_dir)
+  folder = manifest.get("data_folder") if isinstance(manifest, dict) else None
+  return folder if isinstance(folder, str) else None
 
 
 def existing_manifest(out_dir: str) -> dict[str, Any] | None:
@@ -85,6 +100,15 @@ class PreparedWriter:
     self.data_folder = DATA_FOLDER_PREFIX + self.build_id[:16]
     self.root = os.path.join(self.out_dir, self.data_folder)
     _check_out_dir(self.out_dir)
+    self._held = contextlib.ExitStack()
+    self._held.enter_context(lock.out_dir_lock(self.out_dir))  # Released by close() / the with block.
+    try:
+      self._open(splits, overwrite)
+    except BaseException:
+      self.close()
+      raise
+
+  def _open(self, splits: list[str], overwrite: bool) -> None:
     existing = existing_manifest(self.out_dir)
     self.up_to_date = existing if existing and existing.get("build_id") == self.build_id else None
     if self.up_to_date:
@@ -93,7 +117,7 @@ class PreparedWriter:
       raise _refuse(self.out_dir, f"holds a prepared {existing['source']} corpus with splits "
                     f"{', '.join(sorted(existing['splits']))}; this run prepares {', '.join(sorted(splits))}: give "
                     "every split again, choose another --out_dir, or --overwrite to replace it")
-    foreign = [n for n in files.listdir(self.out_dir) if not n.startswith(DATA_FOLDER_PREFIX)]
+    foreign = [n for n in files.listdir(self.out_dir) if not n.startswith(DATA_FOLDER_PREFIX) and n != lock.LOCK_NAME]
     if existing is None and foreign and not overwrite:
       raise _refuse(self.out_dir, "exists and is not a prepared dataset (no prepared.json); choose another "
                     "--out_dir, or --overwrite to replace it")
@@ -101,6 +125,29 @@ class PreparedWriter:
     for d in self.dirs.values():
       files.makedirs(d)
     self.splits: dict[str, dict[str, Any]] = {}
+
+  def close(self) -> None:
+    """Releases the out_dir lock (idempotent)."""
+    self._held.close()
+
+  def __enter__(self) -> "PreparedWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def _check_unpublished(self, path: str) -> None:
+    """Refuses to change `path` when it lies in the folder prepared.json names now: only a run writing
+    into the same out_dir at the same time (same inputs, same build folder) can have published it."""
+    published = published_folder(self.out_dir)
+    if published and (path + os.sep).startswith(os.path.join(self.out_dir, published) + os.sep):
+      raise _refuse(self.out_dir, f"{published} was published by another run while this one was writing to it: "
+                    "run one preparation per --out_dir at a time; the published dataset is intact")
+
+  def _delete(self, path: str, *, folder: bool) -> None:
+    """Deletes a file or folder of ours; never one in the published folder (clean-up never touches published data)."""
+    self._check_unpublished(path)
+    (files.rmtree if folder else files.remove)(path)
 
   # -- one split -------------------------------------------------------------
 
@@ -119,11 +166,11 @@ class PreparedWriter:
     if files.exists(id_file) and files.read_text(id_file) == build_id:
       return progress
     # Different inputs: nothing of the old split may survive.
-    files.rmtree(progress)
+    self._delete(progress, folder=True)
     for name, d in self.dirs.items():
       for f in files.listdir(d):
         if f.startswith(f"{name}-{split}.tfrecord-"):
-          files.remove(os.path.join(d, f))
+          self._delete(os.path.join(d, f), folder=False)
     files.makedirs(progress)
     files.atomic_write(id_file, build_id)
     return progress
@@ -173,12 +220,14 @@ class PreparedWriter:
       serialized, frames, chunk_rows, chunk_seconds = [], 0, [], []
       for entry in chunk:
         video, sub, sub_mask, frame_seconds = load_video(entry, this_log)
+        records.note_zero_rows(video, entry.vid_name, this_log)
         frames += video.shape[0]
         chunk_rows.append(int(video.shape[0]))
         chunk_seconds.append(float(frame_seconds))
         ex = records.video_example(entry, frame_seconds, video, sub, sub_mask)
         serialized.append(self.video_spec.serialize_example(ex))
         bar.update(1)
+      self._check_unpublished(self.root)  # Reading the videos took a while: is the folder still ours to write?
       self._write_shard("videos", split, s, n_shards, serialized)
       files.atomic_write(done_file, json.dumps({"count": len(chunk), "frames": frames, "rows": chunk_rows,
                                                 "frame_seconds": chunk_seconds, "log": this_log.to_dict()}))
@@ -211,8 +260,7 @@ class PreparedWriter:
         "video_names": [e.vid_name for e in entries],  # in stored order: row i has video_index i
         "video_rows": rows,
         "video_frame_seconds": seconds,
-        "repaired": dict(log.repaired),
-        "dropped": dict(log.dropped),
+        **{kind: dict(getattr(log, kind)) for kind in RepairLog.KINDS},
         "examples": dict(log.examples),
     }
     self.splits[split] = summary
@@ -245,14 +293,27 @@ class PreparedWriter:
           data_dir=files.native(self.dirs[dataset]), features=spec, split_infos=infos,
           filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", check_data=False,
           description=f"hammer_jax prepared {self.source} {dataset}")
-    files.rmtree(os.path.join(self.root, ".progress"))
+    self._check_complete(manifest["splits"])
+    self._delete(os.path.join(self.root, ".progress"), folder=True)
     # The switch: from here on readers use the new folder; then nothing else of ours is needed.
     files.atomic_write(os.path.join(self.out_dir, "prepared.json"), json.dumps(manifest, indent=1, sort_keys=True))
     for name in files.listdir(self.out_dir):
       if name.startswith(DATA_FOLDER_PREFIX) and name != self.data_folder or name in ("videos", "queries",
                                                                                       ".progress"):
-        files.rmtree(os.path.join(self.out_dir, name))  # Earlier builds (and the pre-data-folder layout).
+        # Earlier builds (and the pre-data-folder layout).
+        self._delete(os.path.join(self.out_dir, name), folder=True)
     return manifest
+
+  def _check_complete(self, splits: dict[str, dict[str, Any]]) -> None:
+    """Every shard the manifest lists is in the build folder, before it is published."""
+    for dataset, key in (("videos", "video_shard_lengths"), ("queries", "query_shard_lengths")):
+      present = set(files.listdir(self.dirs[dataset]))
+      missing = [name for split, info in splits.items() for i in range(len(info[key]))
+                 if (name := _shard_name(dataset, split, i, len(info[key]))) not in present]
+      if missing:
+        raise _refuse(self.out_dir, f"{len(missing)} shards of this build disappeared while it ran (e.g. "
+                      f"{self.data_folder}/{dataset}/{missing[0]}; removed by another run?): nothing was "
+                      "published; run again, one preparation per --out_dir at a time")
 
 
 def _check_out_dir(out_dir: str) -> None:
@@ -282,7 +343,7 @@ def format_summary(manifest: dict[str, Any]) -> str:
     lines.append(f"{split:<14}{info['num_videos']:>9}{info['num_queries']:>10}{info['num_frames']:>11}"
                  + (f"   ({reused} of {len(info['video_shard_lengths'])} shards kept from an earlier run)"
                     if reused else ""))
-    for kind in ("repaired", "dropped"):
+    for kind in RepairLog.KINDS:
       for reason, n in sorted(info.get(kind, {}).items()):
         ex = info.get("examples", {}).get(reason, [])
         lines.append(f"  {kind} {n:>6}  {reason}" + (f"  (e.g. {ex[0]})" if ex else ""))

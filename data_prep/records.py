@@ -30,6 +30,23 @@ class DataError(ValueError):
     super().__init__(f"{path}: {record}: field '{field}': {problem}")
 
 
+class ArgumentError(DataError):
+  """A flag (or keyword argument) value preparation cannot work with; one line naming the flag."""
+
+  def __init__(self, flag: str, value: Any, problem: str):
+    DataError.__init__(self, f"--{flag}", "<flag>", flag, problem)
+    ValueError.__init__(self, f"--{flag}={value}: {problem}")
+
+
+def require_at_least(flag: str, value: int | float, minimum: int | float, what: str) -> None:
+  """Refuses a numeric flag below `minimum` before anything is read (0 would divide by zero deep inside)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= minimum:
+    raise ArgumentError(flag, value, f"must be at least {minimum} ({what})")
+
+
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1  # desc_id and video_index are stored as int64
+
+
 @dataclasses.dataclass
 class Query:
   """One query with its ground truth (st = ed = 0 and vid_name = "" when unknown)."""
@@ -54,11 +71,15 @@ class VideoEntry:
 
 
 class RepairLog:
-  """Counts repaired and dropped records by reason, with a few examples each."""
+  """Counts repaired, dropped and noted (kept as they are, but worth knowing) records by reason,
+  with a few examples each."""
+
+  KINDS = ("repaired", "dropped", "noted")
 
   def __init__(self):
     self.repaired: collections.Counter = collections.Counter()
     self.dropped: collections.Counter = collections.Counter()
+    self.noted: collections.Counter = collections.Counter()
     self.examples: dict[str, list[str]] = collections.defaultdict(list)
 
   def repair(self, reason: str, example: str):
@@ -71,16 +92,38 @@ class RepairLog:
     if len(self.examples[reason]) < 3:
       self.examples[reason].append(example)
 
+  def note(self, reason: str, example: str):
+    self.noted[reason] += 1
+    if len(self.examples[reason]) < 3:
+      self.examples[reason].append(example)
+
   def merge(self, other: dict[str, Any]):
     """Adds counts (and examples) saved by `to_dict`, e.g. of shards written by an earlier run."""
-    self.repaired.update(other.get("repaired", {}))
-    self.dropped.update(other.get("dropped", {}))
+    for kind in self.KINDS:
+      getattr(self, kind).update(other.get(kind, {}))
     for reason, examples in other.get("examples", {}).items():
       self.examples[reason].extend(examples[:3 - len(self.examples[reason])])
 
   def to_dict(self) -> dict[str, Any]:
-    return {"repaired": dict(self.repaired), "dropped": dict(self.dropped),
+    return {**{kind: dict(getattr(self, kind)) for kind in self.KINDS},
             "examples": {k: v for k, v in self.examples.items()}}
+
+
+ZERO_ROWS = "videos with all-zero visual rows (kept: padding or black frames are valid input)"
+ALL_ZERO = "videos whose every visual row is zero (kept; a failed feature extraction?)"
+
+
+def note_zero_rows(video: np.ndarray, name: str, log: RepairLog) -> None:
+  """The rule for all-zero feature rows: kept as they are, and counted in the summary.
+
+  A zero row is legitimate (padding, a black frame), so it is not refused; a video
+  with only zero rows carries nothing to localise in, so it is counted apart.
+  """
+  zero = ~np.any(video != 0, axis=-1)
+  if zero.all():
+    log.note(ALL_ZERO, name)
+  elif zero.any():
+    log.note(ZERO_ROWS, f"{name} ({int(zero.sum())} of {len(zero)} rows)")
 
 
 def video_features(video_dim: int, subtitle_dim: int):

