@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from hammer_jax import startup
+from hammer_jax.errors import HammerError, UsageError
 from hammer_jax.retrieval.searcher import Moment, MomentSearcher, SearchError
 
 MODE_LABELS = {"two_stage": "two-stage", "exhaustive": "exhaustive"}
@@ -198,29 +199,21 @@ def build_page(searchers: Searchers, title: str):
 
 
 def main(argv):
-  from absl import app
+  del argv
   from absl import flags as absl_flags
-  f = absl_flags.FLAGS
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if f.videos and not os.path.isdir(f.videos):
-    sys.exit(f"error: --videos={f.videos}: not a folder")
   from hammer_jax import search
-  from hammer_jax import workdir
-  from hammer_jax.data import prepared_data
-  from hammer_jax.model import pretrained
+  f = absl_flags.FLAGS
+  if f.videos and not os.path.isdir(f.videos):
+    raise UsageError(f"--videos={f.videos}: not a folder")
   startup.start()
   search._quiet_startup_notices()  # pylint: disable=protected-access
   std_logging.getLogger("httpx").setLevel(std_logging.WARNING)  # Gradio's own start-up probes, one line each
   try:
     import gradio  # noqa: F401  (before the model loads: a missing package is a quick error)
   except ImportError:
-    sys.exit('error: the page needs gradio: pip install -e ".[app]"')
-  try:
-    searcher = MomentSearcher(f.workdir, prepared_dir=f.prepared_dir, split=f.split, step=f.step,
-                              subtitles=f.subtitles, candidates=f.candidates)
-  except (SearchError, workdir.RestoreError, prepared_data.PreparedDataError, pretrained.CheckpointError) as e:
-    startup.fail(str(e))
+    raise UsageError('the page needs gradio: pip install -e ".[app]"') from None
+  searcher = MomentSearcher(f.workdir, prepared_dir=f.prepared_dir, split=f.split, step=f.step,
+                            subtitles=f.subtitles, candidates=f.candidates)
   searchers = Searchers(searcher, f.videos)
   title = (f"`{searcher.data.path}` split `{searcher.split}`: {len(searcher.corpus)} videos; checkpoint step "
            f"{searcher.step} of `{f.workdir}`; retrieval: {', '.join(MODE_LABELS[m] for m in searchers.modes)}")
@@ -231,10 +224,11 @@ def main(argv):
         server_name=f.host, server_port=f.port, quiet=True, ssr_mode=False, show_error=False, css=CSS,
         allowed_paths=[searchers.videos] if searchers.videos else None, prevent_thread_lock=True)
   except OSError as e:  # e.g. the port is taken
-    sys.exit(f"error: cannot serve on {f.host}:{f.port}: {e}")
+    raise HammerError(f"cannot serve on {f.host}:{f.port} ({e}); pass another --port or --host") from None
   print(f"app: {len(searcher.corpus)} videos ({', '.join(searchers.modes)}), serving on http://{f.host}:{f.port}",
         file=sys.stderr, flush=True)
   page.block_thread()  # Until Ctrl-C.
+
 
 def define_flags():
   from absl import flags
@@ -243,7 +237,7 @@ def define_flags():
   flags.DEFINE_string("prepared_dir", None, "A corpus prepared with data_prep.tvr (default: the workdir's data).")
   flags.DEFINE_string("subtitles", None, "tvqa_preprocessed_subtitles.jsonl: show the lines of each moment.")
   flags.DEFINE_string("videos", None, "Folder of <vid_name>.mp4: a player for each moment.")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", lower_bound=0)
   flags.DEFINE_integer("candidates", None, "Two-stage K at start (default: config.eval.first_stage_candidates).",
                        lower_bound=1)
   flags.DEFINE_integer("port", 7860, "HTTP port.", lower_bound=1, upper_bound=65535)
@@ -251,6 +245,4 @@ def define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app
-  define_flags()
-  app.run(main)
+  startup.run(main, define_flags)

@@ -19,16 +19,17 @@ scores its share of the queries and process 0 writes the files.
 from __future__ import annotations
 
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from hammer_jax import startup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).", required=True)
 flags.DEFINE_string("split", "val", "val: the config's eval split; test: test_public; or a prepared split's name.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-flags.DEFINE_integer("top_k", None, "Videos kept per query for localisation (default: config.eval.top_k_videos).")
-flags.DEFINE_integer("max_queries", None, "Evaluate only the first N queries (quick checks).")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", lower_bound=0)
+flags.DEFINE_integer("top_k", None, "Videos kept per query for localisation (default: config.eval.top_k_videos).",
+                     lower_bound=1)
+flags.DEFINE_integer("max_queries", None, "Evaluate only the first N queries (quick checks).", lower_bound=1)
 flags.DEFINE_enum("retrieval", None, ["exhaustive", "two_stage"],
                   "exhaustive: HAMMER scores every video (the paper); two_stage: the first stage's top K only "
                   "(default: config.eval.retrieval).")
@@ -41,26 +42,20 @@ def split_name(config, split: str) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   startup.start()
   import jax
   from hammer_jax import workdir as workdirs
-  from hammer_jax.data import prepared_data
   from hammer_jax.retrieval import evaluator, metrics
   from hammer_jax.retrieval.scorer import PairScorer
   from hammer_jax.train import loop
-  from configs.base import ConfigError
-  try:
-    config, data, model, params, step = workdirs.restore(FLAGS.workdir, FLAGS.step)
-    split = split_name(config, FLAGS.split)
-    data.split(split)
-    top_k = FLAGS.top_k or config.eval.top_k_videos
-    scorer = PairScorer(model, batch_size=config.eval.batch_size, decoding=config.model.decoding, progress=True)
-    ev = evaluator.Evaluator(scorer, config, data, split, top_k=top_k, max_queries=FLAGS.max_queries,
-                             analyses=True, retrieval=FLAGS.retrieval, candidates=FLAGS.candidates)
-  except (workdirs.RestoreError, prepared_data.PreparedDataError, ConfigError) as e:
-    startup.fail(str(e))
+  config, data, model, params, step = workdirs.restore(FLAGS.workdir, FLAGS.step)
+  split = split_name(config, FLAGS.split)
+  data.split(split)
+  top_k = FLAGS.top_k if FLAGS.top_k is not None else config.eval.top_k_videos
+  scorer = PairScorer(model, batch_size=config.eval.batch_size, decoding=config.model.decoding, progress=True)
+  ev = evaluator.Evaluator(scorer, config, data, split, top_k=top_k, max_queries=FLAGS.max_queries,
+                           analyses=True, retrieval=FLAGS.retrieval, candidates=FLAGS.candidates)
   out_dir = workdirs.eval_dir(FLAGS.workdir, split, step, ev.retrieval)
   how = ev.retrieval if ev.retrieval == "exhaustive" else f"two-stage, {ev.candidates} candidates"
   logging.info("Evaluating %s (step %d) on %s/%s, top %d videos (%s)", FLAGS.workdir, step, data.path, split,
@@ -76,4 +71,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  startup.run(main)

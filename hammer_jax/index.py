@@ -23,15 +23,16 @@ import json
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from hammer_jax import startup
+from hammer_jax.errors import HammerError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints/).", required=True)
 flags.DEFINE_string("prepared_dir", None, "A corpus prepared with data_prep.tvr (default: the workdir's data).")
 flags.DEFINE_string("split", None, "Corpus split (default: the config's eval split).")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", lower_bound=0)
 flags.DEFINE_enum("kind", None, ["auto", "flat", "ivfpq"], "FAISS index kind (default: config.eval.first_stage_index).")
 flags.DEFINE_integer("videos_per_shard", 2048, "Videos encoded per resumable shard.", lower_bound=1)
 
@@ -50,7 +51,7 @@ def build_index(workdir: str, *, prepared_dir: str | None = None, split: str | N
 
   config, model_data, model, params, step = workdirs.restore(workdir, step)
   if not model.config.dual_encoder_dim:
-    raise ValueError(f"{workdir}: the model has no dual-encoder head (trained with loss.use_dual_encoder=False); "
+    raise HammerError(f"{workdir}: the model has no dual-encoder head (trained with loss.use_dual_encoder=False); "
                      "train with the `two_stage` variant, or see docs/two_stage.md to add the head")
   data, split = index_files.open_corpus(config, model_data, prepared_dir, split)
   num_videos = data.split(split)["num_videos"]
@@ -58,9 +59,9 @@ def build_index(workdir: str, *, prepared_dir: str | None = None, split: str | N
   meta = index_files.index_meta(config, data, split, step, params)
   path = index_files.first_stage_path(workdir, data, split, step)
   parts = path[:-len(".npz")] + ".parts"
-  # Shards of an earlier build of something else are not reused.
+  # Shards of an earlier build of something else, or of one whose stamp is unreadable, are not reused.
   stamp = files.join(parts, "fingerprint.json")
-  if files.exists(stamp) and json.loads(files.read_text(stamp)).get("fingerprint") != meta["fingerprint"]:
+  if files.exists(stamp) and _stamp(files, stamp).get("fingerprint") != meta["fingerprint"]:
     files.rmtree(parts)
   if jax.process_index() == 0 and not files.exists(stamp):
     files.atomic_write(stamp, json.dumps({"fingerprint": meta["fingerprint"], "videos_per_shard": videos_per_shard}))
@@ -98,7 +99,8 @@ def build_index(workdir: str, *, prepared_dir: str | None = None, split: str | N
     mask = np.concatenate([x[1] for x in shards])
     video_index = np.concatenate([x[2] for x in shards])
     if not np.array_equal(video_index, np.arange(num_videos)):
-      raise ValueError(f"{parts}: shards do not cover videos 0..{num_videos - 1} in order; delete the folder")
+      raise HammerError(f"{parts}: shards do not cover videos 0..{num_videos - 1} in order; delete the folder and "
+                        "run again")
     t1 = time.time()
     index = FirstStageIndex.build(vectors, mask, kind=kind or config.eval.first_stage_index)
     index.save(path, meta)
@@ -109,30 +111,34 @@ def build_index(workdir: str, *, prepared_dir: str | None = None, split: str | N
   return path
 
 
+def _stamp(files, path: str) -> dict:
+  try:
+    stamp = json.loads(files.read_text(path))
+    return stamp if isinstance(stamp, dict) else {}
+  except (ValueError, UnicodeDecodeError):
+    return {}
+
+
 def _load_shard(files, path):
   import numpy as np
+  from hammer_jax.retrieval import index_files
 
   def read(local):
     with np.load(local) as z:
       return z["vectors"], z["mask"], z["video_index"]
 
-  return files.download(path, read)
+  return index_files.load_file(path, read, "encoded shard of an index build",
+                               "delete it and run python -m hammer_jax.index again to re-encode it")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   startup.start()
-  from hammer_jax import workdir as workdirs
-  from hammer_jax.data import prepared_data
-  try:
-    path = build_index(FLAGS.workdir, prepared_dir=FLAGS.prepared_dir, split=FLAGS.split, step=FLAGS.step,
-                       kind=FLAGS.kind, videos_per_shard=FLAGS.videos_per_shard)
-  except (ValueError, workdirs.RestoreError, prepared_data.PreparedDataError) as e:
-    startup.fail(str(e))
+  path = build_index(FLAGS.workdir, prepared_dir=FLAGS.prepared_dir, split=FLAGS.split, step=FLAGS.step,
+                     kind=FLAGS.kind, videos_per_shard=FLAGS.videos_per_shard)
   print(f"Wrote {path}")
   startup.finish(0)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  startup.run(main)

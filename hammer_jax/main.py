@@ -13,9 +13,7 @@ docs/running.md).
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from hammer_jax import startup
@@ -39,28 +37,29 @@ def prepare_demo_corpus(config, workdir: str) -> None:
       verbose=jax.process_index() == 0)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  startup.start()
-  from configs.base import ConfigError
-  from data_prep.records import DataError
-  from hammer_jax.data import prepared_data
-  from hammer_jax.model import pretrained
-  from hammer_jax.train import loop
-  config = FLAGS.config
+def config_from_flags():
+  """FLAGS.config; ml_collections defers a config file it could not load to the first use: one line then."""
+  from hammer_jax.errors import UsageError
   try:
-    if config.data.source == "synthetic" and not config.data.prepared_dir:
-      prepare_demo_corpus(config, FLAGS.workdir)
-    state = loop.train_and_evaluate(config, FLAGS.workdir)
-  except (prepared_data.PreparedDataError, pretrained.CheckpointError, loop.NonFiniteLossError, DataError,
-          ConfigError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    startup.finish(1)
+    FLAGS.config.get("data")
+  except OSError as e:
+    raise UsageError(f"--config: {' '.join(str(e).split())}") from None
+  return FLAGS.config
+
+
+def main(argv):
+  del argv
+  startup.start()
+  from hammer_jax import workdir as workdirs
+  from hammer_jax.train import loop
+  config = config_from_flags()
+  workdirs.check_resumable(config, FLAGS.workdir)  # Before the demo corpus or config.json is written.
+  if config.data.source == "synthetic" and not config.data.prepared_dir:
+    prepare_demo_corpus(config, FLAGS.workdir)
+  state = loop.train_and_evaluate(config, FLAGS.workdir)
   logging.info("Done: step %d of %d", int(state.step), config.optim.num_steps)
   startup.finish(0)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  startup.run(main)

@@ -54,18 +54,14 @@ def _quiet_startup_notices() -> None:
 
 
 def main(argv):
-  from absl import app
+  del argv
   from absl import flags as absl_flags
+  from hammer_jax.errors import UsageError
   f = absl_flags.FLAGS
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if f.query is None and not f.interactive:
-    sys.exit("error: give --query=TEXT or --interactive")
+    raise UsageError("give --query=TEXT or --interactive")
   if f.query is not None and not f.query.strip():
-    sys.exit("error: empty query")  # before loading anything
-  from hammer_jax import workdir
-  from hammer_jax.data import prepared_data
-  from hammer_jax.model import pretrained
+    raise UsageError("empty query")  # before loading anything
   startup.start()
   _quiet_startup_notices()
 
@@ -75,26 +71,24 @@ def main(argv):
       print(f"note: {note}", file=sys.stderr, flush=True)
     print(json.dumps([m.to_json() for m in moments]) if f.json else format_text(text, moments), flush=True)
 
-  try:
-    searcher = MomentSearcher(f.workdir, prepared_dir=f.prepared_dir, split=f.split, step=f.step,
-                              subtitles=f.subtitles, rebuild_index=f.rebuild_index, require_index=f.require_index,
-                              retrieval=f.retrieval, candidates=f.candidates)
-    if f.query is not None:
-      answer(searcher, f.query)
-    while f.interactive:
-      print("query> ", end="", file=sys.stderr, flush=True)  # stderr: stdout stays parseable with --json
-      try:
-        line = sys.stdin.readline()
-      except KeyboardInterrupt:
-        break
-      if not line.strip():  # EOF ("") or an empty line
-        break
-      try:
-        answer(searcher, line.strip())
-      except SearchError as e:  # e.g. a query with no known token: say so and keep going
-        print(f"error: {e}", file=sys.stderr, flush=True)
-  except (SearchError, workdir.RestoreError, prepared_data.PreparedDataError, pretrained.CheckpointError) as e:
-    startup.fail(str(e))
+  searcher = MomentSearcher(f.workdir, prepared_dir=f.prepared_dir, split=f.split, step=f.step,
+                            subtitles=f.subtitles, rebuild_index=f.rebuild_index, require_index=f.require_index,
+                            retrieval=f.retrieval, candidates=f.candidates)
+  if f.query is not None:
+    answer(searcher, f.query)
+  while f.interactive:
+    print("query> ", end="", file=sys.stderr, flush=True)  # stderr: stdout stays parseable with --json
+    try:
+      # Bytes, decoded as Python decodes argv: a byte that is not UTF-8 reaches the query check, not readline.
+      line = sys.stdin.buffer.readline().decode("utf-8", "surrogateescape")
+    except KeyboardInterrupt:
+      break
+    if not line.strip():  # EOF ("") or an empty line
+      break
+    try:
+      answer(searcher, line.strip())
+    except SearchError as e:  # e.g. a query with no known token: say so and keep going
+      print(f"error: {e}", file=sys.stderr, flush=True)
 
 
 def define_flags():
@@ -105,7 +99,7 @@ def define_flags():
   flags.DEFINE_string("split", None, "Corpus split (default: the config's eval split).")
   flags.DEFINE_string("prepared_dir", None, "A corpus prepared with data_prep.tvr (default: the workdir's data).")
   flags.DEFINE_string("subtitles", None, "tvqa_preprocessed_subtitles.jsonl: print the lines of each moment.")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", lower_bound=0)
   flags.DEFINE_bool("json", False, "Print a JSON list of {rank, vid_name, st, ed, score, subtitles?}.")
   flags.DEFINE_bool("interactive", False, "Read queries from stdin, one per line, until an empty line or EOF.")
   flags.DEFINE_bool("rebuild_index", False, "Recompute the corpus index even if a current one is saved.")
@@ -117,6 +111,4 @@ def define_flags():
 
 
 if __name__ == "__main__":
-  from absl import app
-  define_flags()
-  app.run(main)
+  startup.run(main, define_flags)

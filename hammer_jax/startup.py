@@ -16,6 +16,10 @@ count and its local and global devices. `finish(code)` ends a binary without
 the interpreter's teardown, once its results are durable (see there why). Without the runtime JAX's preemption
 notice (`multihost_utils.reached_preemption_sync_point`) never fires, which is
 why every binary starts here.
+
+`run(main)` is the `__main__` of every binary (train, eval, index, search, app):
+a bad flag, and any anticipated failure (`errors.HammerError`) raised by `main`,
+ends it with one `error:` line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ from __future__ import annotations
 import gc
 import itertools
 import os
+import sys
+from typing import Callable
 
 from absl import flags, logging
+
+from hammer_jax.errors import HammerError, UsageError
 
 _BARRIERS = itertools.count()
 
@@ -94,16 +102,80 @@ def start() -> str:
   return initialize_distributed(f.coordinator_address, f.num_processes, f.process_id)
 
 
-def fail(message: str) -> None:
-  """A binary's one-line error after start-up: `error: message` on stderr, exit code 1, via `finish`.
+# Error classes of modules that do not derive theirs from HammerError yet (one list, here only).
+_ANTICIPATED_ELSEWHERE = (("hammer_jax.data.prepared_data", "PreparedDataError"),
+                          ("hammer_jax.data.input_pipeline", "ShardError"),
+                          ("hammer_jax.model.pretrained", "CheckpointError"),
+                          ("data_prep.records", "DataError"))
+
+
+def anticipated() -> tuple[type[BaseException], ...]:
+  """The exception classes a binary reports as one line: HammerError and `_ANTICIPATED_ELSEWHERE`.
+
+  Looked up in `sys.modules`: a class whose module was never imported cannot
+  have been raised, and importing it here would load TensorFlow on a flag error.
+  """
+  found = [getattr(sys.modules[module], name) for module, name in _ANTICIPATED_ELSEWHERE if module in sys.modules]
+  return (HammerError, *found)
+
+
+def run(main: Callable[[list[str]], None], define_flags: Callable[[], None] | None = None) -> None:
+  """A binary's `__main__`: its flags, then `main(argv)` under absl; what goes wrong as anticipated is one line.
+
+  Flag errors (an unknown flag, a value out of its bounds, a mistyped config
+  override) and every `anticipated()` exception end the process through `fail`
+  (status 1); Ctrl-C through `fail` with status 130. A failure nobody
+  anticipated keeps its traceback: that is a bug to report.
+  """
+  from absl import app
+  if define_flags is not None:
+    define_flags()
+
+  def body(argv):
+    try:
+      if len(argv) > 1:
+        raise UsageError(f"unexpected arguments {' '.join(argv[1:])} (flags are written --name=value)")
+      main(argv)
+    except KeyboardInterrupt:
+      fail("interrupted (Ctrl-C)", code=130)
+    except anticipated() as e:
+      fail(str(e))
+
+  app.run(body, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with its two-line FATAL report (or a config override's traceback) made one `error:` line."""
+  try:
+    return flags.FLAGS(argv)
+  # ml_collections' config flags raise these for a --config.<field> that does not exist or does not take the
+  # value, and a config file's get_config its ValueError for an unknown variant.
+  except (flags.Error, HammerError, AttributeError, KeyError, TypeError, ValueError) as e:
+    program = os.path.basename(argv[0]) if argv else "the binary"
+    fail(f"{_flag_error(e)} (--helpshort lists the flags of {program})")
+    raise  # Not reached: `fail` ends the process.
+
+
+def _flag_error(error: Exception) -> str:
+  """The message of a flag error, without the traceback a config file's error carries inside it."""
+  if isinstance(error, (flags.Error, HammerError)):
+    lines = str(error).strip().splitlines()
+    # config_flags puts the whole traceback of a failing get_config into the message: its first and last lines say it.
+    return f"{lines[0]} {lines[-1]}" if any(l.startswith("Traceback") for l in lines) else " ".join(lines)
+  while error.args and isinstance(error.args[0], BaseException):  # ml_collections wraps a KeyError in AttributeError
+    error = error.args[0]
+  return "bad flag value: " + str(error.args[0] if error.args else error)
+
+
+def fail(message: str, code: int = 1) -> None:
+  """A binary's one-line error: `error: message` on stderr, exit status `code`, via `finish`.
 
   (Not `sys.exit`: the interpreter's teardown can then print a thread's
   traceback, e.g. a library's executor refusing work during shutdown, after
   the one line.)
   """
-  import sys
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  finish(1)
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  finish(code)
 
 
 def finish(code: int = 0) -> None:
@@ -128,15 +200,15 @@ def finish(code: int = 0) -> None:
   before the call keeps a collection from starting that destructor on the way.
   """
   import logging as std_logging
-  import sys
-  import jax
   gc.disable()  # From here on no garbage collection may start an input pipeline's teardown (below).
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()
-  jax.effects_barrier()  # As JAX's atexit hooks: pending effects (jax.debug callbacks) finish,
-  if jax.distributed.is_initialized():
-    jax.distributed.shutdown()  # and the processes leave the coordination service together (a barrier).
+  if "jax" in sys.modules:  # A flag error ends the process before JAX was ever imported: nothing to wait for.
+    import jax
+    jax.effects_barrier()  # As JAX's atexit hooks: pending effects (jax.debug callbacks) finish,
+    if jax.distributed.is_initialized():
+      jax.distributed.shutdown()  # and the processes leave the coordination service together (a barrier).
   std_logging.shutdown()  # Flushes and closes every handler (absl's log file included), as atexit would.
   sys.stdout.flush()
   sys.stderr.flush()

@@ -8,7 +8,9 @@
   W/search_index/        saved corpora for search
 
 `restore(W)` is what the eval binary and search start from: every failure is one
-line that says what to run.
+line that says what to run. `config.json` is written only once the run it
+describes can continue the workdir's checkpoints (`check_resumable`, then the
+training loop's restore), so a run with an incompatible config changes nothing.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any
 
 from hammer_jax import files
 from hammer_jax.data import prepared_data
+from hammer_jax.errors import HammerError
 from hammer_jax.model import build, hammer
 
 
-class RestoreError(RuntimeError):
+class RestoreError(HammerError, RuntimeError):
   """The workdir cannot give a trained model (one line, with what to run)."""
 
 
@@ -37,14 +40,82 @@ def save_config(config, workdir: str) -> str:
 
 def load_config(workdir: str):
   """The config `W` was trained with; fields added to configs/base.py since then get their defaults."""
-  import ml_collections
-  from configs import base
   path = os.path.join(workdir, "config.json")
   if not files.exists(path):
     raise RestoreError(f"{workdir}: no config.json (not a training workdir; run hammer_jax.main first)")
-  config = ml_collections.ConfigDict(json.loads(files.read_text(path)))
+  try:
+    saved = json.loads(files.read_text(path))
+    if not isinstance(saved, dict):
+      raise ValueError(f"a JSON {type(saved).__name__}, not an object")
+  except (ValueError, UnicodeDecodeError) as e:  # json's errors are ValueErrors
+    raise RestoreError(
+        f"{path}: damaged, not the JSON config of a run ({e}); copy it back from a backup, or resume the run with "
+        f"the config and flags it was trained with (python -m hammer_jax.main --workdir={workdir} --config=...), "
+        "which rewrites it once the checkpoint restores") from None
+  return _with_defaults(saved)
+
+
+def _with_defaults(saved: dict):
+  """A ConfigDict of a config's JSON, with the fields it lacks from configs/base.py."""
+  import ml_collections
+  from configs import base
+  config = ml_collections.ConfigDict(saved)
   _fill_defaults(config, base.get_base_config())
   return config
+
+
+def config_differences(saved, config) -> list[str]:
+  """"field: saved -> new" for each field whose value differs (as config.json writes them, defaults filled)."""
+  def flat(node, prefix=""):
+    out = {}
+    for key, value in node.items():
+      out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+  old, new = (flat(json.loads(_with_defaults(json.loads(c.to_json_best_effort())).to_json())) for c in (saved, config))
+  return [f"{k}: {old.get(k, '(none)')} -> {new.get(k, '(none)')}" for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k)]
+
+
+def check_resumable(config, workdir: str) -> None:
+  """Refuses, before anything is written, a run that would replace the demo corpus W's checkpoints were trained on.
+
+  The demo builds its corpus under `W/data` from `data.synthetic` and the text
+  checkpoint's tokenizer; a run with others would rebuild it in place. Every
+  other incompatibility shows when the training loop restores the checkpoint,
+  which it does before it writes config.json.
+  """
+  from hammer_jax.train import checkpointing
+  uses_demo = lambda c: c.data.source == "synthetic" and not c.data.prepared_dir
+  if not uses_demo(config) or not files.exists(os.path.join(workdir, "config.json")):
+    return
+  try:
+    saved = load_config(workdir)
+  except RestoreError:
+    return  # Nothing to compare with; the restore decides.
+  ckpt_dir = checkpoint_dir(workdir)
+  if not uses_demo(saved) or not checkpointing.has_checkpoints(ckpt_dir):
+    return
+  corpus_fields = ("data.synthetic", "model.text_checkpoint")
+  changed = [d for d in config_differences(saved, config) if d.startswith(corpus_fields)]
+  if changed:
+    raise RestoreError(
+        f"{demo_data_dir(workdir)}: the demo corpus this workdir's checkpoints were trained on would be rebuilt "
+        f"({'; '.join(changed)}); nothing was changed: resume with the config in {workdir}/config.json, or train "
+        "this one in another --workdir")
+
+
+def not_resumable(config, workdir: str, error) -> RestoreError:
+  """The one-line refusal of a training run whose model does not fit W's checkpoint (a CheckpointMismatchError)."""
+  try:
+    changed = config_differences(load_config(workdir), config)
+    fields = f"it differs from {workdir}/config.json in {'; '.join(changed) or 'no field'}"
+  except RestoreError:
+    fields = f"{workdir}/config.json is unreadable"
+  return RestoreError(
+      f"{workdir}: this config cannot continue the run there: {fields}; its model does not fit the checkpoint "
+      f"{error.path} ({error.summary}); nothing was changed, config.json included: resume with the config in "
+      f"{workdir}/config.json, or train this config in another --workdir")
 
 
 def _fill_defaults(config, defaults) -> None:
@@ -112,10 +183,9 @@ def restore(workdir: str, step: int | None = None) -> tuple[Any, prepared_data.P
                                                       data.video_dim, data.subtitle_dim, mesh)
     try:
       state = ckpt.restore(abstract, step)
-    except ValueError as e:
-      first = str(e).strip().splitlines()[0]
-      raise RestoreError(f"{ckpt_dir}: the checkpoint does not fit the model built from {workdir}/config.json and "
-                         f"the data in {data.path} ({first}); evaluate with the data and code it was trained with"
+    except checkpointing.CheckpointMismatchError as e:
+      raise RestoreError(f"{e.path}: the checkpoint does not fit the model built from {workdir}/config.json and the "
+                         f"data in {data.path} ({e.summary}); evaluate with the data and code it was trained with"
                          ) from None
   finally:
     if ckpt is not None:

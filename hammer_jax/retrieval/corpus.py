@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from hammer_jax import files
+from hammer_jax.retrieval import index_files
 
 
 @dataclasses.dataclass
@@ -65,11 +66,13 @@ class Corpus:
 
   @classmethod
   def load(cls, path: str) -> tuple["Corpus", dict[str, Any]]:
-    """(corpus, meta) from `save`'s file; OSError / ValueError / KeyError when unreadable."""
+    """(corpus, meta) from `save`'s file; index_files.UnreadableIndexError (how to rebuild it) when unreadable."""
     def read(local: str):
       with np.load(local, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         parts = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("parts/")}
         return cls(parts, z["video_index"], z["duration"], z["frame_seconds"]), meta
 
-    return files.download(path, read)
+    return index_files.load_file(path, lambda p: files.download(p, read), "search index (the corpus's cached parts)",
+                                 "run python -m hammer_jax.search once without --require_index (or with "
+                                 "--rebuild_index) to rebuild it")

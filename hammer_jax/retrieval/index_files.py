@@ -22,15 +22,39 @@ import hashlib
 import json
 import os
 import re
-from typing import Any
+import zipfile
+from typing import Any, Callable
 
 import numpy as np
 
 from hammer_jax import files
+from hammer_jax.errors import HammerError
 
 
-class IndexMismatchError(ValueError):
+class IndexMismatchError(HammerError, ValueError):
   """A saved index was built from something else than what it is used with (one line)."""
+
+
+class UnreadableIndexError(HammerError, ValueError):
+  """A saved index file that cannot be read back (truncated by a full disk, damaged); says how to rebuild it."""
+
+  def __init__(self, path: str, what: str, cause: str, fix: str):
+    self.cause = cause
+    super().__init__(f"{path}: unreadable {what} ({cause}); {fix}")
+
+
+# What reading a damaged .npz raises: a truncated zip (BadZipFile, EOFError), a bad
+# member (ValueError, KeyError), FAISS refusing its serialised index (RuntimeError).
+_DAMAGED = (OSError, EOFError, ValueError, KeyError, RuntimeError, zipfile.BadZipFile)
+
+
+def load_file(path: str, load: Callable[[str], Any], what: str, fix: str) -> Any:
+  """`load(path)`, with a damaged file made one UnreadableIndexError line: `path: unreadable <what> (...); <fix>`."""
+  try:
+    return load(path)
+  except _DAMAGED as e:
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    raise UnreadableIndexError(path, what, f"{e.__class__.__name__}: {first}", fix) from None
 
 
 def open_corpus(config, model_data, prepared_dir: str | None, split: str | None):

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from hammer_jax import files
+from hammer_jax.errors import HammerError
 from hammer_jax.retrieval import index_files
 from hammer_jax.retrieval.corpus import Corpus
 from hammer_jax.retrieval.first_stage import FirstStageIndex
@@ -32,7 +33,7 @@ from hammer_jax.retrieval.first_stage import FirstStageIndex
 VR_PAIRS_PER_CALL = 256  # One query against this many videos per device program.
 
 
-class SearchError(ValueError):
+class SearchError(HammerError, ValueError):
   """Bad query, corpus or index (one line)."""
 
 
@@ -107,8 +108,9 @@ class MomentSearcher:
     # One query: programs of one row per device (localisation) and of VR_PAIRS_PER_CALL pairs (VR).
     self.scorer = PairScorer(self.model, batch_size=1, decoding=self.config.model.decoding)
     meta = self._index_meta()  # Hashes every parameter: once, for both indices.
-    self.corpus, self.index_status = self._load_or_build_index(meta, rebuild_index, require_index)
+    # The first stage first: a refused one is known before a parts cache is built for nothing.
     self.first_stage, self.retrieval = self._load_first_stage(meta, retrieval)
+    self.corpus, self.index_status = self._load_or_build_index(meta, rebuild_index, require_index)
     self.candidates = int(candidates or self.config.eval.first_stage_candidates)
     self.video_names = [info["video_names"][i] for i in self.corpus.video_index]
     self.last_notices: list[str] = []  # of the latest search: see `notices`
@@ -143,6 +145,13 @@ class MomentSearcher:
     """
     if not text or not text.strip():
       raise SearchError("empty query")
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError as e:  # Bytes that were not UTF-8, kept by Python as lone surrogates (argv, stdin)
+      code = ord(text[e.start])
+      what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+      raise SearchError(f"query {text!r}: not UTF-8 text ({what} at character {e.start + 1}); give the query in "
+                        "UTF-8") from None
     ids = self.tokenizer(text.strip(), add_special_tokens=True)["input_ids"]
     words = ids[1:-1]
     if not words or all(i == self.tokenizer.unk_token_id for i in words):
@@ -189,11 +198,10 @@ class MomentSearcher:
     if not files.exists(path):
       raise SearchError(f"{path}: no first-stage index; build it with python -m hammer_jax.index "
                         f"--workdir={self.workdir}")
-    try:
-      index, stored = FirstStageIndex.load(path)
-    except (OSError, ValueError, KeyError) as e:
-      raise SearchError(f"{path}: unreadable first-stage index ({e.__class__.__name__}); rebuild it with "
-                        "python -m hammer_jax.index") from None
+    index, stored = index_files.load_file(
+        path, FirstStageIndex.load, "first-stage index",
+        f"rebuild it with python -m hammer_jax.index --workdir={self.workdir} (same corpus flags), or search with "
+        "--retrieval=exhaustive")
     try:
       index_files.check_meta(path, stored, meta)
     except index_files.IndexMismatchError as e:
@@ -214,8 +222,8 @@ class MomentSearcher:
           logging.info("index: loaded %s (%d videos)", path, len(corpus))
           return corpus, "loaded"
         why = "stale (corpus or checkpoint changed)"
-      except (OSError, ValueError, KeyError) as e:  # e.g. a file truncated by a full disk
-        why = f"unreadable ({e.__class__.__name__})"
+      except index_files.UnreadableIndexError as e:  # e.g. a file truncated by a full disk: a cache, rebuilt
+        why = f"unreadable ({e.cause})"
     if require and not rebuild:
       raise SearchError(f"{path}: no usable search index ({why}) and --require_index is set; run once without "
                         "--require_index to build it")

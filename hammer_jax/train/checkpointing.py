@@ -8,10 +8,16 @@ finished step. The input pipeline is a function of the step (see
 
 Restoring needs an abstract target carrying shardings (`jax.eval_shape` of the
 sharded init), which also lets a checkpoint be restored onto another topology.
+A restore that fails says why in one line: a checkpoint of another model
+(`CheckpointMismatchError`, the arrays whose names or shapes differ, read from
+the checkpoint's metadata) or a damaged one (`DamagedCheckpointError`, naming
+the newest step that still restores).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging as std_logging
 import signal
 from typing import Any
 
@@ -20,6 +26,35 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from hammer_jax import files
+from hammer_jax.errors import HammerError
+
+
+class CheckpointMismatchError(HammerError, ValueError):
+  """The checkpoint holds another model's arrays; `differences` lists them ("name: checkpoint ..., model ...")."""
+
+  def __init__(self, path: str, differences: list[str]):
+    self.path, self.differences = path, differences
+    more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+    self.summary = "; ".join(differences[:3]) + more
+    super().__init__(f"{path}: the checkpoint holds another model ({self.summary})")
+
+
+class DamagedCheckpointError(HammerError):
+  """A checkpoint whose files cannot be read back (truncated, partly deleted); names the newest intact step."""
+
+  def __init__(self, path: str, step: int, intact: int | None, cause: str):
+    self.path, self.step, self.intact = path, step, intact
+    if intact is None:
+      what = "no earlier step restores either: train again in another --workdir"
+    else:
+      what = (f"the newest intact step is {intact}: pass --step={intact} to evaluate, search or index it; to resume "
+              f"training from it, move {path} out of the checkpoints folder")
+    super().__init__(f"{path}: damaged checkpoint of step {step}, cannot be read back ({cause}); {what}")
+
+
+def has_checkpoints(directory: str) -> bool:
+  """Whether `directory` holds a finished checkpoint (a `<step>` folder; unfinished ones carry a suffix)."""
+  return files.isdir(directory) and any(name.isdigit() for name in files.listdir(directory))
 
 
 class Checkpointer:
@@ -52,13 +87,55 @@ class Checkpointer:
     return saved
 
   def restore(self, abstract_state: Any, step: int | None = None) -> Any:
-    """Restores onto `abstract_state`'s shapes, dtypes and shardings."""
+    """Restores onto `abstract_state`'s shapes, dtypes and shardings.
+
+    Raises CheckpointMismatchError or DamagedCheckpointError (one line each)
+    when the checkpoint cannot be restored onto it.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.directory}: no checkpoint")
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    try:
+      return self._restore(abstract_state, step)
+    except Exception as e:  # pylint: disable=broad-except  # Orbax raises bare Exceptions; classified next.
+      raise self._explain(abstract_state, step, e) from None
+
+  def _restore(self, abstract_state: Any, step: int) -> Any:
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"]
+
+  def step_path(self, step: int) -> str:
+    return files.join(self.directory, str(step))
+
+  def differences(self, abstract_state: Any, step: int) -> list[str] | None:
+    """What differs between the checkpoint's arrays and `abstract_state`'s (names, shapes, dtypes); None if unreadable."""
+    try:
+      with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
+        stored = reader.metadata(files.native(files.join(self.step_path(step), "state"))).item_metadata
+    except Exception:  # pylint: disable=broad-except  # Unreadable metadata: a damaged checkpoint.
+      return None
+    if stored is None:
+      return None
+    have, want = _leaf_shapes(stored), _leaf_shapes(abstract_state)
+    out = [f"{k}: checkpoint {have[k]}, model {want[k]}" for k in want if k in have and have[k] != want[k]]
+    out += [f"{k}: only in the model" for k in want if k not in have]
+    out += [f"{k}: only in the checkpoint" for k in have if k not in want]
+    return out
+
+  def _explain(self, abstract_state: Any, step: int, error: Exception) -> HammerError:
+    differences = self.differences(abstract_state, step)
+    if differences:
+      return CheckpointMismatchError(self.step_path(step), differences)
+    intact = None
+    for earlier in sorted((s for s in self.all_steps() if s < step), reverse=True):
+      try:
+        with _quiet_orbax():
+          self._restore(abstract_state, earlier)
+        intact = earlier
+        break
+      except Exception:  # pylint: disable=broad-except  # Damaged too (or another model): look further back.
+        continue
+    return DamagedCheckpointError(self.step_path(step), step, intact, _first_line(error))
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -97,3 +174,32 @@ class PreemptionWatcher:
   def close(self) -> None:
     if not self._multi:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _leaf_shapes(tree: Any) -> dict[str, str]:
+  """{"params/.../kernel": "float32[384, 384]"} of a state or of a checkpoint's metadata (the same names)."""
+  def name(key):
+    return str(next((getattr(key, a) for a in ("key", "idx", "name") if hasattr(key, a)), key))
+
+  return {"/".join(name(k) for k in path): f"{getattr(leaf, 'dtype', '?')}{list(getattr(leaf, 'shape', ()))}"
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _first_line(error: BaseException) -> str:
+  """The innermost cause's first line, shortened: TensorStore puts the useful part there."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  line = (str(error).strip().splitlines() or [error.__class__.__name__])[0]
+  return line if len(line) <= 240 else line[:237] + "..."
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """While probing a checkpoint that already failed: Orbax's own warnings would only repeat it, over many lines."""
+  logger = std_logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(std_logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)

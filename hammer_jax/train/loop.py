@@ -25,12 +25,13 @@ from absl import logging
 from hammer_jax import files, startup
 from hammer_jax import workdir as workdirs
 from hammer_jax.data import input_pipeline, prepared_data
+from hammer_jax.errors import HammerError
 from hammer_jax.model import build, hammer, losses, pretrained
 from hammer_jax.train import checkpointing, diagnostics, optimizer
 from hammer_jax.train import state as ts
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(HammerError, FloatingPointError):
   """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
 
 
@@ -160,7 +161,6 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   (`W/eval/<split>_step<N>/`, the demo's summary printed). A preempted run saves,
   stops and returns its state without the final evaluation.
   """
-  workdirs.save_config(config, workdir)
   mesh = ts.create_mesh()
   local_batch = ts.check_batch_size(config.optim.batch_size, mesh)
   data = workdirs.open_data(config, workdir)
@@ -175,7 +175,10 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
                                     save_every_steps=config.checkpoint_every_steps)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(abstract)
+    try:
+      state = ckpt.restore(abstract)
+    except checkpointing.CheckpointMismatchError as e:
+      raise workdirs.not_resumable(config, workdir, e) from None
     logging.info("Resumed from step %d (%s)", int(state.step), ckpt.directory)
   else:
     state = ts.init_train_state(model, config, tx, data.video_dim, data.subtitle_dim, mesh, init_rng)
@@ -183,6 +186,8 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
       state, fresh = ts.params_from_workdir(state, config.init_from)
       logging.info("Parameters from %s, except %d fresh: %s", config.init_from, len(fresh),
                    ", ".join(fresh[:8]) + (" ..." if len(fresh) > 8 else ""))
+  # Only now: config.json describes W's checkpoints, so it changes only once this run can continue them.
+  workdirs.save_config(config, workdir)
   start, total = int(state.step), int(config.optim.num_steps)
 
   writer = summary_writer(workdir)
