@@ -185,17 +185,16 @@ def matmul_flops(size: int, dtype) -> float:
 def check_training(args, results, dims, peak) -> None:
   """Part 1: bf16 steps/s and MFU of the project's train step on a synthetic batch."""
   from hammer_jax.data import input_pipeline
-  from hammer_jax.model import build, flops
+  from hammer_jax.model import flops
   from hammer_jax.train import loop, optimizer
   from hammer_jax.train import state as ts
   config = make_config(args, dtype="bfloat16", dual_encoder=False)  # the paper's TVR model (no first stage)
-  mesh, batch_size = ts.create_mesh(), config.optim.batch_size
+  training = ts.setup_training(config, *dims)
+  mesh, model, batch_size = training.mesh, training.model, config.optim.batch_size
   local = ts.check_batch_size(batch_size, mesh)
-  model = build.create_model(config, *dims)
-  tx = optimizer.make_optimizer(config.optim)
-  _, _, shardings = ts.abstract_train_state(model, config, tx, *dims, mesh)
-  state = ts.init_train_state(model, config, tx, *dims, mesh, jax.random.key(0))
-  step = loop.make_train_step(model, config, tx, optimizer.learning_rate_schedule(config.optim), shardings, mesh)
+  state = training.fresh_state(config, jax.random.key(0))
+  step = loop.make_train_step(model, config, training.tx, optimizer.learning_rate_schedule(config.optim),
+                              training.shardings, mesh)
   rows = train_batch(config, batch_size, *dims, np.random.default_rng(0))
   offset = input_pipeline.local_batch_offset(mesh, batch_size)
   batch = input_pipeline.make_global_batch({k: v[offset:offset + local] for k, v in rows.items()}, mesh)

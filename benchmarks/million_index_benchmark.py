@@ -81,14 +81,14 @@ def main(argv=None):
   args = parse_args(argv)
   import faiss
   import numpy as np
-  from hammer_jax import logs, workdir
+  from hammer_jax import logs, restore
   from hammer_jax.data import input_pipeline, prepared_data
   from hammer_jax.retrieval import first_stage
   from hammer_jax.retrieval.evaluator import Evaluator
   from hammer_jax.retrieval.retrieve import retrieve
   from hammer_jax.retrieval.scorer import PairScorer
   logs.quiet_library_logs()
-  config, _, model, params, step = workdir.restore(args.workdir)
+  config, _, model, params, step = restore.restore(args.workdir)
   data = prepared_data.open_prepared(args.prepared_dir)
   # Programs of K pairs: one query's candidates are one device call (search's shape).
   scorer = PairScorer(model, batch_size=args.candidates, decoding=config.model.decoding)

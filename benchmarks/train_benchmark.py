@@ -50,7 +50,7 @@ def worker(args) -> dict:
   """Runs in a process with a fixed device count; returns its measurements."""
   import jax
   from benchmarks.model_benchmark import make_config, matmul_peak, random_batch
-  from hammer_jax.model import build, flops
+  from hammer_jax.model import flops
   from hammer_jax.data import input_pipeline
   from hammer_jax.train import optimizer, loop as train
   from hammer_jax.train import state as ts
@@ -59,13 +59,12 @@ def worker(args) -> dict:
                                 subtitle_dim=args.subtitle_dim)
   config = make_config(cfg_args)
   config.optim.batch_size = args.global_batch
-  mesh = ts.create_mesh()
+  training = ts.setup_training(config, args.video_dim, args.subtitle_dim)
+  mesh = training.mesh
   ts.check_batch_size(args.global_batch, mesh)
-  model = build.create_model(config, args.video_dim, args.subtitle_dim)
-  tx = optimizer.make_optimizer(config.optim)
-  _, _, shardings = ts.abstract_train_state(model, config, tx, args.video_dim, args.subtitle_dim, mesh)
-  state = ts.init_train_state(model, config, tx, args.video_dim, args.subtitle_dim, mesh, jax.random.key(0))
-  step = train.make_train_step(model, config, tx, optimizer.learning_rate_schedule(config.optim), shardings, mesh)
+  state = training.fresh_state(config, jax.random.key(0))
+  step = train.make_train_step(training.model, config, training.tx, optimizer.learning_rate_schedule(config.optim),
+                               training.shardings, mesh)
   batch = input_pipeline.make_global_batch(
       random_batch(config, args.global_batch, args.video_dim, args.subtitle_dim), mesh)
   rng = jax.random.key(1)

@@ -68,7 +68,7 @@ def main(argv=None):
   import numpy as np
   from benchmarks.vr_dynamics import read_scalars
   from data_prep import demo_corpus
-  from hammer_jax import logs, workdir
+  from hammer_jax import logs, restore, workdir
   from hammer_jax.retrieval import evaluator
   from hammer_jax.retrieval.scorer import PairScorer
   from hammer_jax.train import loop
@@ -88,7 +88,7 @@ def main(argv=None):
   scalars = read_scalars(run_dir)
   j = config.data.num_negatives
   last100 = [v for s, v in scalars["vr"].items() if s > args.steps - 100]
-  config, data, model, params, step = workdir.restore(run_dir)
+  config, data, model, params, step = restore.restore(run_dir)
   t0 = time.time()
   scorer = PairScorer(model, batch_size=config.eval.batch_size, progress=True)
   ev = evaluator.Evaluator(scorer, config, data, "val", top_k=config.eval.top_k_videos)

@@ -44,14 +44,14 @@ def parse_args(argv=None):
 def main(argv=None):
   args = parse_args(argv)
   from data_prep import demo_corpus
-  from hammer_jax import logs, workdir
+  from hammer_jax import logs, restore
   from hammer_jax.data import input_pipeline
   from hammer_jax.retrieval import first_stage
   from hammer_jax.retrieval.evaluator import Evaluator
   from hammer_jax.retrieval.retrieve import retrieve
   from hammer_jax.retrieval.scorer import PairScorer
   logs.quiet_library_logs()
-  config, train_data, model, params, step = workdir.restore(args.workdir)
+  config, train_data, model, params, step = restore.restore(args.workdir)
   # The training corpus's generator arguments (make_synthetic's manifest beside its prepared folder).
   raw = os.path.join(os.path.dirname(train_data.path.rstrip("/")), "raw", "synthetic_manifest.json")
   with open(raw, encoding="utf-8") as f:

@@ -167,7 +167,7 @@ def val_retrieval(model, params, data, config) -> dict[str, float]:
 def run_variant(name: str, overrides: dict, args, prepared_dir: str) -> dict:
   import jax
   import numpy as np
-  from hammer_jax import workdir
+  from hammer_jax import restore
   from hammer_jax.model import build
   from hammer_jax.train import loop
   config = make_config(overrides, args.steps, args.seed, prepared_dir)
@@ -175,7 +175,7 @@ def run_variant(name: str, overrides: dict, args, prepared_dir: str) -> dict:
   t0 = time.time()
   loop.train_and_evaluate(config, run_dir)
   train_s = time.time() - t0
-  config, data, model, params, _ = workdir.restore(run_dir)
+  config, data, model, params, _ = restore.restore(run_dir)
   scalars = read_scalars(run_dir)
   j = config.data.num_negatives
   vr = scalars.get("vr", {})

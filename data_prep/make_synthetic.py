@@ -49,14 +49,8 @@ Ground truth `[st, ed]` (seconds, 2 decimals) is jittered inside the planted row
 first/last 1.5 s so that `start = floor(st / 1.5)`, `end = ceil(ed / 1.5) - 1` gives
 back exactly the planted rows (checked for every query).
 
-Chance levels (`chance.json`, percent) are what a predictor that ignores the input
-scores, computed with exact formulas (no sampling): VR R@k = min(k, N) / N for N
-videos; a random moment is a uniformly random frame pair start <= end decoded to
-seconds ([s * 1.5, min((e + 1) * 1.5, duration)]), so for query q with fraction
-p_q(theta) of such pairs reaching IoU >= theta: SVMR R@k = mean_q 1 - (1 - p_q)^k (k
-independent draws in the right video), VCMR R@k = mean_q min(k, N) / N * p_q (one
-random moment per video of a random ranking), TL mIoU = mean_q mean IoU over pairs.
-A trained model must beat these clearly; equal numbers mean it learned nothing.
+Chance levels (`chance.json`, percent): what a predictor that ignores the input
+scores, by exact formulas (`chance_levels.py`).
 
 Splits are generated from independent random streams, so e.g. the val videos and
 queries (all but their desc_id, numbered across splits) do not change with
@@ -69,15 +63,16 @@ import json
 import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from data_prep import tvr_durations
+from data_prep.chance_levels import FRAME_SECONDS, chance_levels, format_chance_levels
+from data_prep.chance_levels import h5_writer as _h5_writer
 from hammer_jax import files
 from hammer_jax.data import alignment
 
-FRAME_SECONDS = 1.5
 SPLITS = ("train", "val", "test_public")  # `test_public`: the real video2dur_idx key.
 JSONL = {"train": "tvr_train_release.jsonl", "val": "tvr_val_release.jsonl",
          "test_public": "tvr_test_public_release.jsonl"}
@@ -129,8 +124,6 @@ BACKGROUND = 0.6      # Background concept amplitude (x U[0.8, 1.2]).
 DISTRACTORS = (1, 2)  # Distractor spans per video (min, max).
 REUSE_P = 0.05        # Fraction of moments copying another video's exact combination.
 SUBTITLE_P = 0.5      # Fraction of rows with a subtitle outside "t"/"vt" moments.
-IOUS = (0.5, 0.7)
-KS = (1, 5, 10, 100)
 
 
 def concepts_of(desc: str) -> list[str]:
@@ -256,40 +249,6 @@ def _make_split(split: str, split_id: int, n_videos: int, a: dict[str, Any],
   return videos, [queries[j] for j in order]
 
 
-def chance_levels(queries: list[dict], n_videos: int) -> dict[str, Any]:
-  """Exact chance levels (percent) of one split; see the module docstring."""
-  p = {iou: [] for iou in IOUS + (0.3,)}
-  mious = []
-  for q in queries:
-    n = math.ceil(q["duration"] / FRAME_SECONDS)
-    s, e = np.triu_indices(n)  # Every frame pair with s <= e, equally likely.
-    ps, pe = s * FRAME_SECONDS, np.minimum((e + 1) * FRAME_SECONDS, q["duration"])
-    st, ed = q["ts"]
-    inter = np.clip(np.minimum(pe, ed) - np.maximum(ps, st), 0, None)
-    iou = inter / (np.maximum(pe, ed) - np.minimum(ps, st))
-    for t in p:
-      p[t].append(float(np.mean(iou >= t)))
-    mious.append(float(np.mean(iou)))
-  vr = {f"R@{k}": 100.0 * min(k, n_videos) / n_videos for k in KS}
-  svmr, vcmr = {}, {}
-  for t in IOUS:
-    pt = np.asarray(p[t])
-    svmr[f"IoU={t}"] = {f"R@{k}": 100.0 * float(np.mean(1 - (1 - pt) ** k)) for k in KS}
-    vcmr[f"IoU={t}"] = {f"R@{k}": float(np.mean(pt)) * vr[f"R@{k}"] for k in KS}
-  return {"VR": vr, "SVMR": svmr, "VCMR": vcmr, "TL_mIoU": 100.0 * float(np.mean(mious)),
-          "TL_R@1": {f"IoU={t}": 100.0 * float(np.mean(p[t])) for t in (0.3,) + IOUS},
-          "num_videos": n_videos, "num_queries": len(queries), "method": "exact formula"}
-
-
-def _h5_writer(arrays: dict[str, np.ndarray]) -> Callable[[str], None]:
-  def write(tmp: str) -> None:
-    import h5py  # Deferred: only needed when writing.
-    with h5py.File(tmp, "w", libver="earliest", track_order=False) as f:
-      for key in sorted(arrays):  # track_times=False: no timestamps -> identical bytes.
-        f.create_dataset(key, data=arrays[key], track_times=False)
-  return write
-
-
 def _jsonl(rows: list[dict]) -> str:
   return "".join(json.dumps(r) + "\n" for r in rows)
 
@@ -404,14 +363,7 @@ def format_summary(summary: dict[str, Any]) -> str:
   for s, c in summary["splits"].items():
     lines.append(f"  {s:12s} {c['videos']:5d} videos {c['queries']:6d} queries {c['frames']:7d} frames, "
                  f"{c['videos_without_subtitles']} videos without subtitles, types {c['types']}")
-  for s, c in summary["chance"].items():
-    lines.append(f"chance levels, {s} ({c['num_videos']} videos, {c['method']}), percent:")
-    fmt = lambda d: " ".join(f"{k} {v:.2f}" for k, v in d.items())
-    lines.append(f"  VR            {fmt(c['VR'])}")
-    for task in ("SVMR", "VCMR"):
-      for iou, r in c[task].items():
-        lines.append(f"  {task} {iou}  {fmt(r)}")
-    lines.append(f"  TL mIoU {c['TL_mIoU']:.2f}   TL {fmt(c['TL_R@1'])}")
+  lines += [format_chance_levels(split, levels) for split, levels in summary["chance"].items()]
   return "\n".join(lines)
 
 

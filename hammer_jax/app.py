@@ -4,7 +4,7 @@ r"""A web page for moment search: a query box over one corpus, answered in the b
       [--subtitles=tvqa_preprocessed_subtitles.jsonl] [--videos=FOLDER] [--candidates=K]
       [--port=7860] [--host=127.0.0.1]
 
-A Gradio page around `retrieval.searcher.MomentSearcher`, the searcher of
+A Gradio page around `search.MomentSearcher`, the searcher of
 `python -m hammer_jax.search`: the same corpus flags, the same index, the same
 moments (no scoring here). The model and the indices load once, at start-up;
 each query is one `search` call. The page lists the ranked moments (video,
@@ -35,7 +35,7 @@ import numpy as np
 
 from hammer_jax import startup
 from hammer_jax.errors import HammerError, UsageError
-from hammer_jax.retrieval.searcher import Moment, MomentSearcher, SearchError
+from hammer_jax.retrieval.searcher import CorpusSearcher, Moment, SearchError
 
 MODE_LABELS = {"two_stage": "two-stage", "exhaustive": "exhaustive"}
 CSS = """
@@ -59,7 +59,7 @@ class Searchers:
   sets per-query state on its searcher (`last_notices`, `candidates`).
   """
 
-  def __init__(self, searcher: MomentSearcher, videos: str | None = None):
+  def __init__(self, searcher: CorpusSearcher, videos: str | None = None):
     self.by_mode = {searcher.retrieval: searcher}
     if searcher.retrieval == "two_stage":
       exhaustive = copy.copy(searcher)
@@ -123,7 +123,7 @@ def _whole(value: Any, what: str) -> int:
   return int(number)
 
 
-def render(searcher: MomentSearcher, moments: list[Moment], notices: list[str], videos: str | None) -> str:
+def render(searcher: CorpusSearcher, moments: list[Moment], notices: list[str], videos: str | None) -> str:
   """The ranked moments as HTML: one card each, with timeline bar, subtitle lines and player."""
   parts = [f'<p class="hj-note">note: {html.escape(n)}</p>' for n in notices]
   positions = searcher.corpus.positions_of(np.array([m.video_position for m in moments], np.int64))
@@ -212,7 +212,7 @@ def main(argv):
     import gradio  # noqa: F401  (before the model loads: a missing package is a quick error)
   except ImportError:
     raise UsageError('the page needs gradio: pip install -e ".[app]"') from None
-  searcher = MomentSearcher(f.workdir, prepared_dir=f.prepared_dir, split=f.split, step=f.step,
+  searcher = search.MomentSearcher(f.workdir, prepared_dir=f.prepared_dir, split=f.split, step=f.step,
                             subtitles=f.subtitles, candidates=f.candidates)
   searchers = Searchers(searcher, f.videos)
   title = (f"`{searcher.data.path}` split `{searcher.split}`: {len(searcher.corpus)} videos; checkpoint step "

@@ -3,7 +3,7 @@ r"""Eval binary: corpus retrieval + localisation of a trained workdir on a split
   python -m hammer_jax.eval --workdir=W [--split=val|test|SPLIT] [--step=N] [--top_k=100]
       [--retrieval=exhaustive|two_stage] [--candidates=K]
 
-Restores the workdir's config and latest (or `--step`) checkpoint and evaluates a
+Restores the workdir's config and the parameters of its latest (or `--step`) checkpoint and evaluates a
 split of its prepared data (local or `gs://`): `val` is the config's eval split, `test` TVR's
 test_public, and any other prepared split by name (ActivityNet's `val_2`). It
 writes `W/eval/<split>_step<N>/` (`retrieval/evaluator.py`: predictions.json in
@@ -45,11 +45,12 @@ def main(argv):
   del argv
   startup.start()
   import jax
+  from hammer_jax import restore
   from hammer_jax import workdir as workdirs
   from hammer_jax.retrieval import evaluator, metrics
   from hammer_jax.retrieval.scorer import PairScorer
   from hammer_jax.train import loop
-  config, data, model, params, step = workdirs.restore(FLAGS.workdir, FLAGS.step)
+  config, data, model, params, step = restore.restore(FLAGS.workdir, FLAGS.step)
   split = split_name(config, FLAGS.split)
   data.split(split)
   top_k = FLAGS.top_k if FLAGS.top_k is not None else config.eval.top_k_videos

@@ -25,7 +25,7 @@ import time
 
 from absl import flags, logging
 
-from hammer_jax import startup
+from hammer_jax import distributed, startup
 from hammer_jax.errors import HammerError
 
 FLAGS = flags.FLAGS
@@ -43,19 +43,18 @@ def build_index(workdir: str, *, prepared_dir: str | None = None, split: str | N
   import jax
   import numpy as np
   from hammer_jax import files
-  from hammer_jax import workdir as workdirs
+  from hammer_jax import restore
   from hammer_jax.data import input_pipeline
   from hammer_jax.retrieval import index_files
   from hammer_jax.retrieval.first_stage import FirstStageIndex
-  from hammer_jax.retrieval.scorer import PairScorer, local_params
+  from hammer_jax.retrieval.scorer import PairScorer
 
-  config, model_data, model, params, step = workdirs.restore(workdir, step)
+  config, model_data, model, params, step = restore.restore(workdir, step)
   if not model.config.dual_encoder_dim:
     raise HammerError(f"{workdir}: the model has no dual-encoder head (trained with loss.use_dual_encoder=False); "
                      "train with the `two_stage` variant, or see docs/two_stage.md to add the head")
   data, split = index_files.open_corpus(config, model_data, prepared_dir, split)
   num_videos = data.split(split)["num_videos"]
-  params = local_params(params)
   meta = index_files.index_meta(config, data, split, step, params)
   path = index_files.first_stage_path(workdir, data, split, step)
   parts = path[:-len(".npz")] + ".parts"
@@ -65,7 +64,7 @@ def build_index(workdir: str, *, prepared_dir: str | None = None, split: str | N
     files.rmtree(parts)
   if jax.process_index() == 0 and not files.exists(stamp):
     files.atomic_write(stamp, json.dumps({"fingerprint": meta["fingerprint"], "videos_per_shard": videos_per_shard}))
-  startup.barrier("index_parts_ready")
+  distributed.barrier("index_parts_ready")
   videos_per_shard = json.loads(files.read_text(stamp))["videos_per_shard"]  # a resumed build keeps its shards
   num_shards = max(1, -(-num_videos // videos_per_shard))
   scorer = PairScorer(model, batch_size=config.eval.batch_size, decoding=config.model.decoding)
@@ -92,7 +91,7 @@ def build_index(workdir: str, *, prepared_dir: str | None = None, split: str | N
       rate = done / max(time.time() - t0, 1e-9)
       print(f"\r  index: encoded {done}/{total} videos  {rate:.1f} videos/s  ETA {(total - done) / rate:.0f}s",
             end="" if done < total else "\n", file=sys.stderr, flush=True)
-  startup.barrier("index_shards_done")
+  distributed.barrier("index_shards_done")
   if jax.process_index() == 0:
     shards = [_load_shard(files, files.join(parts, f"shard-{s:05d}.npz")) for s in range(num_shards)]
     vectors = np.concatenate([x[0] for x in shards])
@@ -107,7 +106,7 @@ def build_index(workdir: str, *, prepared_dir: str | None = None, split: str | N
     files.rmtree(parts)
     logging.info("index: %s (%s, %d videos, %d clip vectors, %.1f MB) built in %.1f s", path, index.kind, num_videos,
                  index.index.ntotal, index.nbytes() / 1e6, time.time() - t1)
-  startup.barrier("index_saved")
+  distributed.barrier("index_saved")
   return path
 
 

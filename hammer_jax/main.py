@@ -50,10 +50,9 @@ def config_from_flags():
 def main(argv):
   del argv
   startup.start()
-  from hammer_jax import workdir as workdirs
-  from hammer_jax.train import loop
+  from hammer_jax.train import loop, resume
   config = config_from_flags()
-  workdirs.check_resumable(config, FLAGS.workdir)  # Before the demo corpus or config.json is written.
+  resume.check_resumable(config, FLAGS.workdir)  # Before the demo corpus or config.json is written.
   if config.data.source == "synthetic" and not config.data.prepared_dir:
     prepare_demo_corpus(config, FLAGS.workdir)
   state = loop.train_and_evaluate(config, FLAGS.workdir)

@@ -27,7 +27,23 @@ import json
 import sys
 
 from hammer_jax import startup
-from hammer_jax.retrieval.searcher import Moment, MomentSearcher, SearchError  # noqa: F401  (the API)
+from hammer_jax.retrieval.searcher import CorpusSearcher, Moment, SearchError  # noqa: F401  (the API)
+
+
+class MomentSearcher(CorpusSearcher):
+  """The searcher of a trained workdir: its parameters (`restore.restore`), its text model's tokenizer
+  (`run_text_model`), and the indices under it; options as `CorpusSearcher`'s."""
+
+  def __init__(self, workdir: str, *, step: int | None = None, **options):
+    from hammer_jax import restore, run_text_model
+    from hammer_jax.errors import HammerError
+    config, data, model, params, step = restore.restore(workdir, step)
+    try:
+      tokenizer = run_text_model.load_tokenizer(workdir, config, data)
+    except HammerError as e:
+      raise SearchError(str(e)) from None
+    super().__init__(workdir, config=config, model_data=data, model=model, params=params, step=step,
+                     tokenizer=tokenizer, **options)
 
 
 def format_text(query: str, moments: list[Moment]) -> str:

@@ -75,8 +75,8 @@ def checkpoint_steps(workdir):
 def restored_params(workdir, step):
   """The params of `workdir`'s checkpoint at `step`, as numpy."""
   import jax
-  from hammer_jax import workdir as workdirs
-  return jax.device_get(workdirs.restore(str(workdir), step)[3]["params"])
+  from hammer_jax import restore
+  return jax.device_get(restore.restore(str(workdir), step).params["params"])
 
 
 # -- tiny models ---------------------------------------------------------------------

@@ -23,7 +23,7 @@ import pytest
 from helpers import REPO_ROOT
 from hammer_jax import app
 from hammer_jax.data import prepared_data
-from hammer_jax.retrieval.searcher import MomentSearcher
+from hammer_jax.search import MomentSearcher
 
 TOP_K = 4
 ROW = 3  # the planted val query the page is asked (its text as typed)

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import REPO_ROOT
 from multihost import run_processes
-from hammer_jax import workdir as restore
+from hammer_jax import restore
 from hammer_jax.data import input_pipeline, prepared_data
 from hammer_jax.retrieval import predictions
 from hammer_jax.retrieval.evaluator import Evaluator

@@ -14,7 +14,7 @@ import pytest
 
 from configs import activitynet, base, tvr
 from helpers import REPO_ROOT, checkpoint_steps, read_scalars, restored_params, tiny_config
-from hammer_jax import workdir as workdirs
+from hammer_jax import run_config
 from hammer_jax.data import input_pipeline
 from hammer_jax.model import build
 from hammer_jax.train import diagnostics, loop, optimizer
@@ -131,7 +131,7 @@ def test_tiny_training_loss_falls_on_eight_devices(synthetic_prepared, tmp_path)
     assert read_scalars(str(tmp_path), "eval/VR/r1")[step] == metrics["VR"]["r1"]
     assert read_scalars(str(tmp_path), "eval/TL/mIoU")[step] == pytest.approx(metrics["TL"]["mIoU"])
   assert os.path.exists(os.path.join(tmp_path, "config.json"))
-  assert workdirs.load_config(str(tmp_path)).optim.num_steps == 60
+  assert run_config.load_config(str(tmp_path)).optim.num_steps == 60
 
 
 def test_the_whole_config_goes_to_tensorboard_as_hparams():
@@ -168,10 +168,10 @@ def test_kill_9_and_resume_reaches_the_same_parameters(synthetic_prepared, tmp_p
   steps = checkpoint_steps(killed)
   assert steps and steps[-1] < 40, f"the run was not interrupted ({steps})"
   # Restart after kill -9: resumes from the last finished checkpoint and completes.
-  c = workdirs.load_config(str(killed))
+  c = run_config.load_config(str(killed))
   loop.train_and_evaluate(c, str(killed))
   straight = tmp_path / "straight"
-  loop.train_and_evaluate(workdirs.load_config(str(killed)), str(straight))
+  loop.train_and_evaluate(run_config.load_config(str(killed)), str(straight))
   a, b = restored_params(str(killed), 40), restored_params(str(straight), 40)
   diffs = jax.tree_util.tree_map(lambda x, y: float(np.max(np.abs(x - y))), a, b)
   assert max(jax.tree_util.tree_leaves(diffs)) <= 1e-6

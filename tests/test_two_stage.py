@@ -135,10 +135,10 @@ def test_an_approximate_index_finds_most_exact_neighbours():
 
 @pytest.fixture(scope="module")
 def scoring(trained_workdir):
-  from hammer_jax import workdir as workdirs
+  from hammer_jax import restore
   from hammer_jax.retrieval.evaluator import Evaluator
   from hammer_jax.retrieval.scorer import PairScorer
-  config, data, model, params, step = workdirs.restore(trained_workdir)
+  config, data, model, params, step = restore.restore(trained_workdir)
   scorer = PairScorer(model, batch_size=8, decoding=config.model.decoding)
   ev = Evaluator(scorer, config, data, config.data.eval_split, top_k=100)
   corpus = ev.encode_corpus(params)
@@ -211,7 +211,7 @@ def _index_cmd(workdir, *flags):
 def test_index_round_trip_and_search_uses_it(own_workdir, scoring):
   from hammer_jax import index as index_binary
   from hammer_jax.retrieval.first_stage import FirstStageIndex
-  from hammer_jax.retrieval.searcher import MomentSearcher
+  from hammer_jax.search import MomentSearcher
   path = index_binary.build_index(own_workdir, progress=False)
   loaded, meta = FirstStageIndex.load(path)
   assert meta["step"] == 6 and meta["num_videos"] == len(scoring["corpus"]) and loaded.kind == "flat"
@@ -226,7 +226,7 @@ def test_index_round_trip_and_search_uses_it(own_workdir, scoring):
 def test_a_mismatched_index_is_refused_in_one_line(own_workdir):
   from hammer_jax import index as index_binary
   from hammer_jax.retrieval.first_stage import FirstStageIndex
-  from hammer_jax.retrieval.searcher import MomentSearcher, SearchError
+  from hammer_jax.search import MomentSearcher, SearchError
   path = index_binary.build_index(own_workdir, progress=False)
   index, meta = FirstStageIndex.load(path)
   for key, what in (("params_fingerprint", "checkpoint weights"), ("vocab_sha256", "vocabulary")):

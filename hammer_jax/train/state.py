@@ -5,12 +5,15 @@ host: batches are sharded along `data`, parameters and optimizer state are
 replicated. The state is never materialised unsharded: `jax.eval_shape` gives its
 structure, a jitted init with `out_shardings` creates it in place, and restores
 go onto the same abstract, sharded target (so a checkpoint also restores onto
-another topology). Shared by training and `workdir.restore`.
+another topology). `setup_training` is the one setup of training and its
+benchmarks; `abstract_params` the target of inference's params-only restore
+(`hammer_jax/restore.py`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Callable
 
 import flax
 import jax
@@ -20,6 +23,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hammer_jax.model import build, hammer
+from hammer_jax.train import optimizer
 
 DATA_AXIS = "data"
 
@@ -62,39 +66,65 @@ def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
   return jax.tree_util.tree_map(lambda _: replicated(mesh), abstract_state)
 
 
-def abstract_train_state(model: hammer.Hammer, config, tx: optax.GradientTransformation,
-                         video_dim: int, subtitle_dim: int, mesh: Mesh):
-  """(init function, abstract state with shardings, shardings) without allocating anything."""
+def _with_shardings(shapes: Any, mesh: Mesh) -> tuple[Any, Any]:
+  """(the abstract tree with a replicated sharding on each leaf, the shardings)."""
+  shardings = state_shardings(shapes, mesh)
+  abstract = jax.tree_util.tree_map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+  return abstract, shardings
+
+
+def abstract_params(model: hammer.Hammer, config, video_dim: int, subtitle_dim: int, mesh: Mesh) -> Any:
+  """The model's params as ShapeDtypeStructs with shardings, without allocating them (a params-only restore)."""
+  example = build.dummy_batch(config, video_dim, subtitle_dim, batch_size=1)
+  shapes = jax.eval_shape(lambda rng: build.init_random_params(model, rng, example)["params"], jax.random.key(0))
+  return _with_shardings(shapes, mesh)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+  """What training (and a benchmark of it) builds once: mesh, model, optimizer, the state's abstract form.
+
+  abstract / shardings: TrainStates of ShapeDtypeStructs (with shardings) and of
+  NamedShardings; `fresh_state` creates the state in place, already sharded.
+  """
+  mesh: Mesh
+  model: hammer.Hammer
+  tx: optax.GradientTransformation
+  abstract: TrainState
+  shardings: TrainState
+  init: Callable[[jax.Array], TrainState]
+
+  def fresh_state(self, config, rng) -> TrainState:
+    """A fresh, sharded state; text branches from the configured BERT checkpoint."""
+    state = jax.jit(self.init, out_shardings=self.shardings)(rng)
+    # Adam's moments start at zero whatever the params are, so they need no reload.
+    return state.replace(params=build.load_pretrained_text(state.params, config))
+
+
+def setup_training(config, video_dim: int, subtitle_dim: int, tx: optax.GradientTransformation | None = None,
+                   mesh: Mesh | None = None) -> Training:
+  """The model of `config` for data of these feature widths, on `mesh` (default: every device), with `tx`
+  (default: `optimizer.make_optimizer(config.optim)`)."""
+  mesh = mesh or create_mesh()
+  model = build.create_model(config, video_dim, subtitle_dim)
+  tx = tx or optimizer.make_optimizer(config.optim)
   example = build.dummy_batch(config, video_dim, subtitle_dim, batch_size=1)
 
   def init(rng):
     params = build.init_random_params(model, rng, example)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-  shapes = jax.eval_shape(init, jax.random.key(0))
-  shardings = state_shardings(shapes, mesh)
-  abstract = jax.tree_util.tree_map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-  return init, abstract, shardings
+  abstract, shardings = _with_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
+  return Training(mesh=mesh, model=model, tx=tx, abstract=abstract, shardings=shardings, init=init)
 
 
-def init_train_state(model, config, tx, video_dim: int, subtitle_dim: int, mesh: Mesh, rng) -> TrainState:
-  """A fresh, sharded state; text branches from the configured BERT checkpoint."""
-  init, _, shardings = abstract_train_state(model, config, tx, video_dim, subtitle_dim, mesh)
-  state = jax.jit(init, out_shardings=shardings)(rng)
-  params = build.load_pretrained_text(state.params, config)
-  # Adam's moments start at zero whatever the params are, so they need no reload.
-  return state.replace(params=params)
-
-
-def params_from_workdir(state: TrainState, init_from: str) -> tuple[TrainState, list[str]]:
-  """`state` with every parameter that `init_from`'s latest checkpoint has (same name and shape).
+def with_params_from(state: TrainState, source: Any) -> tuple[TrainState, list[str]]:
+  """`state` with every parameter that `source` (params of another run) has under the same name and shape.
 
   Returns the new state and the names of the parameters that kept their fresh
   values (e.g. a head the old model did not have), for the log.
   """
-  from hammer_jax import workdir as workdirs
-  source = workdirs.restore(init_from)[3]["params"]
   flat_source = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(source)}
   fresh = []
 
