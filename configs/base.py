@@ -6,7 +6,7 @@ the readings of the paper this project fixed (each marked "choice"). Dataset
 configs change only what differs: `configs/tvr.py` nothing, `configs/activitynet.py`
 ActivityNet's values, `configs/demo.py` the demo's; then they apply the variant
 named by their `arg` (configs/variants.py: ablations of Tables 4-9, FLAT, tiny).
-A saved workdir config is read back over these defaults (`workdir.load_config`).
+A saved workdir config is read back over these defaults (`run_config.load_config`).
 `max_frames`, `max_query_len` and `clip_len` are `FieldReference`s so that the
 data and the model can never disagree about them.
 """
@@ -14,8 +14,10 @@ data and the model can never disagree about them.
 import ml_collections
 from ml_collections import config_dict
 
+from hammer_jax.errors import HammerError
 
-class ConfigError(ValueError):
+
+class ConfigError(HammerError, ValueError):
   """A configuration that cannot run, found before anything heavy starts (one line)."""
 
 
@@ -40,6 +42,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.max_query_len = max_query_len  # L: query tokens incl. [CLS] and [SEP]
   c.data.clip_len = clip_len          # M: frames per clip (Table 7)
   c.data.num_negatives = 3            # VR negatives per query, drawn from the batch (choice)
+  # "random": drawn uniformly from the batch's other videos (the paper's reading);
+  # "hard": the batch's videos the dual-encoder first stage scores highest (needs
+  # loss.use_dual_encoder; docs/training_dynamics.md). Not in the paper.
+  c.data.negatives = "random"
   c.data.mlm_probability = 0.15
   c.data.max_mlm_predictions = 5      # P: BERT's max_predictions_per_seq, scaled to L=30
   c.data.mlm_seed = 1
@@ -69,6 +75,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.dropout_rate = 0.1
   c.model.dtype = "float32"           # compute dtype: "float32" | "bfloat16" (params stay float32)
   c.model.dual_encoder_dim = 256      # first-stage vectors (with loss.use_dual_encoder; not in the paper)
+  # f(v, h) per clip: theta . Psi(phi_k) (the paper, Eq. 9) or that plus the
+  # dual-encoder head's clip score (needs loss.use_dual_encoder; not in the paper).
+  c.model.vr_first_stage_residual = False
   c.model.decoding = "greedy"         # "greedy" (section 3.5) | "joint" (arg-max over start <= end)
 
   c.loss = ml_collections.ConfigDict()
@@ -91,6 +100,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.decay_boundaries = (0.5, 0.75)  # fractions of training where LR drops
   c.optim.decay_factors = (0.1, 0.01)      # ... to these multiples of the max LR
   c.optim.new_layer_lr_multiplier = 1.0  # rate of layers trained from scratch / lr (1 = paper)
+  c.optim.dual_encoder_lr_multiplier = 1.0  # the dual-encoder head's rate / the new layers' (not in the paper)
   c.optim.grad_clip_norm = 0.0        # 0 = off
   c.optim.weight_decay = 0.0          # 0 = plain Adam as the paper
   c.optim.train_only = ""             # "": train everything; "dual_encoder": only that head, the rest frozen

@@ -14,6 +14,7 @@ comma-separated item in order:
 | `no_clip_position` | no clip position embedding | Table 9 |
 | `bf16` | bfloat16 compute, float32 parameters | - |
 | `two_stage` | train the dual-encoder head too and evaluate two-stage (first stage + HAMMER re-rank) | - |
+| `recommended` | the settings to start a new run with (docs/training_dynamics.md) | - |
 | `tiny` | a tiny random-init model on a tiny synthetic corpus (tests) | - |
 
 An unknown item is an error.
@@ -64,6 +65,18 @@ def _tiny(c):
   c.checkpoint_every_steps = 10
 
 
+def _recommended(c):
+  """What a new run should start with: each item measured on the real-language benchmark
+  (benchmarks/real_language_benchmark.py; docs/training_dynamics.md, docs/reproducing.md)."""
+  c.optim.lr = 1e-4                      # one rate, held until 90% of training
+  c.optim.decay_boundaries = (0.9, 0.95)
+  c.loss.use_dual_encoder = True         # the first stage, and the miner of hard negatives
+  c.data.negatives = "hard"              # VR negatives: the batch's videos the first stage ranks highest
+  c.loss.frame_loss_reduction = "mean"   # TL's frame term on the clip terms' scale, so VR is not drowned
+  c.model.vr_first_stage_residual = True  # f(v, h) starts from the first stage's word-level match
+  c.optim.dual_encoder_lr_multiplier = 10.0  # the shallow head learns words 10x faster (1e-3)
+
+
 def apply_variants(c, arg: str):
   """Applies the comma-separated variant items of `arg` to config `c` in place."""
   for item in filter(None, (s.strip() for s in (arg or "").split(","))):
@@ -93,6 +106,8 @@ def apply_variants(c, arg: str):
     elif key == "two_stage":
       c.loss.use_dual_encoder = True
       c.eval.retrieval = "two_stage"
+    elif key == "recommended":
+      _recommended(c)
     elif key == "tiny":
       _tiny(c)
     else:

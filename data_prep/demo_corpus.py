@@ -6,7 +6,7 @@ and converts it with the same TVR converter real data goes through
 (`data_prep.tvr`). Both steps are skipped when their outputs are already
 complete, so re-running the demo reuses what was built. Only the training binary
 calls this; evaluation and search open the prepared folder and say what is
-missing instead (`hammer_jax.workdir.open_data`).
+missing instead (`hammer_jax.run_config.open_data`).
 """
 
 from __future__ import annotations

@@ -193,3 +193,45 @@ def test_dual_encoder_off_is_the_papers_loss_and_model():
     assert ("query_embedding" in out) == on
     if on:
       assert out["clip_embeddings"].shape == (2, c.data.max_frames // c.data.clip_len, c.model.dual_encoder_dim)
+
+
+def test_hardest_negatives_are_the_first_stages_top_other_videos():
+  from hammer_jax.model.dual_encoder import hardest_negatives
+  # Query i and clip vectors in 2-d; one clip per video except video 3 (two clips, the second padded).
+  q = np.array([[1, 0], [0, 1], [1, 0], [0.6, 0.8], [1, 0]], np.float32)
+  c = np.array([[[1, 0], [0, 0]], [[0.8, 0.6], [0, 0]], [[0.6, 0.8], [0, 0]], [[0, 1], [1, 0]],
+                [[-1, 0], [0, 0]]], np.float32)
+  clip_mask = np.array([[1, 0], [1, 0], [1, 0], [1, 0], [1, 0]], np.int32)  # row 3's [1, 0] clip is padding
+  video = np.array([0, 1, 0, 3, 4], np.int32)                                # rows 0 and 2: the same video
+  example = np.array([1, 1, 1, 1, 0], np.int32)                              # row 4: padding
+  index, mask = hardest_negatives(q, c, clip_mask, video, example, 2)
+  # Query 0 (video 0): candidates rows 1 (0.8), 3 (0.0); row 2 is its own video, row 4 padding.
+  np.testing.assert_array_equal(index[0], [1, 3])
+  # Query 1 (0, 1): rows 3 (1.0), 2 (0.8) beat row 0 (0.0).
+  np.testing.assert_array_equal(index[1], [3, 2])
+  # Query 3 (0.6, 0.8): row 2 (1.0), then row 1 (0.96); its padded clip [1, 0] would not count anyway.
+  np.testing.assert_array_equal(index[3], [2, 1])
+  np.testing.assert_array_equal(mask[:4], np.ones((4, 2)))
+  # More negatives than other videos: the extra slots are masked out.
+  index, mask = hardest_negatives(q, c, clip_mask, video, example, 4)
+  np.testing.assert_array_equal(mask[0], [1, 1, 0, 0])
+  np.testing.assert_array_equal(mask[1], [1, 1, 1, 0])
+  # No gradient flows through the choice.
+  g = jax.grad(lambda x: hardest_negatives(x, c, clip_mask, video, example, 2)[1].sum())(jnp.asarray(q))
+  assert np.all(g == 0)
+
+
+def test_hard_negatives_need_the_dual_encoder():
+  from configs import tvr
+  from configs.base import ConfigError
+  from hammer_jax.model import build
+  c = tvr.get_config()
+  c.model.text_checkpoint = None
+  c.data.negatives = "hard"
+  with pytest.raises(ConfigError, match="use_dual_encoder"):
+    build.model_config(c, 16, 8)
+  c.data.negatives = "closest"
+  c.loss.use_dual_encoder = True
+  with pytest.raises(ConfigError, match="'random' or 'hard'"):
+    build.model_config(c, 16, 8)
+  assert build.model_config(tvr.get_config("recommended"), 16, 8).hard_negatives

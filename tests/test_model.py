@@ -277,3 +277,31 @@ def test_tiny_model_overfits_one_batch():
   first, last = history[0], history[-1]
   for key in ("vr", "tl", "mlm"):
     assert last[key] < 0.3 * first[key], (key, first[key], last[key], len(history))
+
+
+def test_vr_first_stage_residual_adds_the_dual_encoder_score_and_hard_negatives_are_mined():
+  """f(v, h) with the residual = max_k (theta . Psi(phi_k) + the dual-encoder clip score); with theta = 0 it
+  is exactly the first stage's video score. Hard negatives replace the batch's draw in the training forward."""
+  from hammer_jax.model.dual_encoder import hardest_negatives
+  c = tiny_model_config(max_frames=16, max_query_len=8)
+  c.loss.use_dual_encoder = True
+  batch = random_batch(c, 4)
+  plain = build.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
+  c.model.vr_first_stage_residual = True
+  c.data.negatives = "hard"
+  model = build.create_model(c, VIDEO_DIM, SUBTITLE_DIM)
+  assert model.config.vr_first_stage_residual and model.config.hard_negatives
+  params = quick_params(model, batch)
+  params["params"]["vr_head"]["kernel"] = np.zeros_like(params["params"]["vr_head"]["kernel"])
+  out = jax.device_get(jax.jit(lambda p, b: model.apply(p, b, deterministic=True))(params, batch))
+  assert np.all(jax.device_get(plain.apply(params, batch, deterministic=True))["vr_scores"] == 0)
+  q = np.asarray(out["query_embedding"])
+  cl = np.asarray(out["clip_embeddings"])
+  mask = np.asarray(out["embedding_clip_mask"])
+  first_stage = np.where(mask[None] > 0, np.einsum("qe,vke->qvk", q, cl), -np.inf).max(-1) * out["embedding_scale"]
+  np.testing.assert_allclose(out["vr_scores"][:, 0], np.diagonal(first_stage), rtol=1e-4, atol=1e-4)
+  index, neg_mask = hardest_negatives(q, cl, mask, batch["video_index"], batch["example_mask"],
+                                      c.data.num_negatives)
+  np.testing.assert_array_equal(out["neg_mask"], neg_mask)
+  want = np.take_along_axis(first_stage, np.asarray(index), axis=1)
+  np.testing.assert_allclose(out["vr_scores"][:, 1:], want, rtol=1e-4, atol=1e-4)

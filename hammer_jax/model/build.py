@@ -72,7 +72,31 @@ def model_config(config, video_dim: int, subtitle_dim: int = 0) -> ModelConfig:
       clip_mlm=bool(config.loss.use_clip_mlm) and not mc.flat,
       new_layer_init_std=float(mc.new_layer_init_std),
       dual_encoder_dim=int(mc.dual_encoder_dim) if config.loss.use_dual_encoder else 0,
+      hard_negatives=_hard_negatives(config),
+      vr_first_stage_residual=_vr_first_stage_residual(config),
   )
+
+
+def _vr_first_stage_residual(config) -> bool:
+  on = bool(config.model.get("vr_first_stage_residual", False))
+  if on and not config.loss.use_dual_encoder:
+    from configs.base import ConfigError
+    raise ConfigError("model.vr_first_stage_residual adds the dual-encoder head's score to f(v, h): "
+                      "set loss.use_dual_encoder=True (or use the 'recommended' variant)")
+  return on
+
+
+def _hard_negatives(config) -> bool:
+  """data.negatives: "random" (the paper's draw from the batch) or "hard" (the first stage's hardest)."""
+  kind = config.data.get("negatives", "random")
+  if kind not in ("random", "hard"):
+    from configs.base import ConfigError
+    raise ConfigError(f"data.negatives must be 'random' or 'hard', got {kind!r}")
+  if kind == "hard" and not config.loss.use_dual_encoder:
+    from configs.base import ConfigError
+    raise ConfigError("data.negatives='hard' mines VR negatives with the dual-encoder head: "
+                      "set loss.use_dual_encoder=True (or use the 'recommended' variant)")
+  return kind == "hard"
 
 
 def create_model(config, video_dim: int, subtitle_dim: int = 0) -> Hammer:

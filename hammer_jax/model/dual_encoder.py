@@ -26,6 +26,7 @@ Choices, each with its reason:
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 MAX_LOGIT_SCALE = 100.0
@@ -57,3 +58,27 @@ class DualEncoderHead(nn.Module):
   def scale(self):
     """The logit scale applied to cosines in the loss (a scalar)."""
     return jnp.minimum(jnp.exp(self.log_scale), MAX_LOGIT_SCALE)
+
+
+def hardest_negatives(query_embedding, clip_embeddings, clip_mask, video_index, example_mask, num_negatives: int):
+  """VR negatives mined by the first stage (HERO / CONQUER-style hard negatives, within the batch).
+
+  For each query, the `num_negatives` examples of the (global) batch whose video
+  the dual encoder scores highest, among those of another video. No gradient
+  flows through the choice.
+
+  Args:
+    query_embedding: [B, e]; clip_embeddings: [B, K, e]; clip_mask: [B, K];
+    video_index: [B]; example_mask: [B] (0 rows are never chosen).
+  Returns: neg_index int32 [B, J] (batch rows), neg_mask float32 [B, J] (0 where
+    the batch has fewer than J candidates).
+  """
+  q = jax.lax.stop_gradient(query_embedding.astype(jnp.float32))
+  c = jax.lax.stop_gradient(clip_embeddings.astype(jnp.float32))
+  sim = jnp.max(jnp.where(clip_mask[None] > 0, jnp.einsum("qe,vke->qvk", q, c), -2.0), axis=-1)  # [B, B]
+  allowed = (video_index[:, None] != video_index[None, :]) & (example_mask[None, :] > 0)
+  k = min(num_negatives, sim.shape[1])  # a batch smaller than J (initialisation's dummy batch)
+  values, index = jax.lax.top_k(jnp.where(allowed, sim, -jnp.inf), k)
+  pad = ((0, 0), (0, num_negatives - k))
+  return (jnp.pad(index.astype(jnp.int32), pad),
+          jnp.pad(jnp.isfinite(values).astype(jnp.float32), pad))

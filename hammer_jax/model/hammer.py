@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from hammer_jax.model.bert import BertConfig, BertEmbeddings, BertMLMHead
-from hammer_jax.model.dual_encoder import DualEncoderHead
+from hammer_jax.model.dual_encoder import DualEncoderHead, hardest_negatives
 from hammer_jax.model.encoders import SUBTITLE, VISUAL, HierarchicalEncoder, VideoInput
 
 NEG_INF = -1e9  # "log 0" for padded frames/clips; finite so that adding two stays finite.
@@ -75,6 +75,12 @@ class ModelConfig:
   # Width of the dual-encoder (first-stage) head's vectors (dual_encoder.py); 0: no
   # such head (the paper's model).
   dual_encoder_dim: int
+  # VR negatives: the batch's `neg_index` (False, the paper's random draw) or the
+  # first stage's hardest videos of the batch (True; needs dual_encoder_dim).
+  hard_negatives: bool = False
+  # f(v, h) per clip = theta . Psi(phi_k) + the dual-encoder head's clip score
+  # (needs dual_encoder_dim; not in the paper: `_first_stage_clip_scores`).
+  vr_first_stage_residual: bool = False
 
   def __post_init__(self):
     if self.frame_position not in ("in_clip", "absolute"):
@@ -181,6 +187,17 @@ class Hammer(nn.Module):
     if self.config.cross_modal:
       return video_feat
     return video_feat * _tile_modalities(text_cls, len(self.config.modalities))
+
+  def _first_stage_clip_scores(self, query_parts, video_parts):
+    """[N, K] scale * cos(query vector, clip vector k) of the dual-encoder head, pairwise.
+
+    With `vr_first_stage_residual` the cross-encoder's clip scores are this plus
+    theta . Psi(phi_k) (not in the paper): VR starts from the word-level match the
+    first stage learns quickly, and the cross-modal layers learn what it misses.
+    """
+    q = self.embed_query(query_parts)                                             # [N, e]
+    c, _ = self.embed_clips(video_parts)                                          # [N, K, e]
+    return jnp.einsum("ne,nke->nk", q, c) * self.dual_encoder.scale()
 
   # -- split forward ---------------------------------------------------------
 
@@ -304,6 +321,8 @@ class Hammer(nn.Module):
       psi_tcls = (clip_text_in if retrieval_only else clip_text_out)[:, 0].astype(jnp.float32)  # [N, d]
       psi_feat = self._late_interaction(psi, psi_tcls[:, None])                   # [N, K, n*d]
       clip_scores = self.vr_head(psi_feat)[..., 0]                                # [N, K]
+      if cfg.vr_first_stage_residual:
+        clip_scores = clip_scores + self._first_stage_clip_scores(query_parts, video_parts)
       # Eq. 9: the best clip's score, over real clips only.
       out["vr_score"] = jnp.max(jnp.where(clip_mask > 0, clip_scores, NEG_INF), axis=-1)
       if not retrieval_only:
@@ -369,6 +388,8 @@ class Hammer(nn.Module):
         `neg_index` negatives (only column 0 when `with_negatives` is off),
       "frame_mlm_logits": [B, K, P, vocab] (frame_mlm on),
       "clip_mlm_logits": [B, P, vocab] (clip_mlm on, HAMMER only),
+      "neg_mask": [B, J] with hard_negatives (the mined negatives' mask, used
+        by the VR loss instead of the batch's),
       with the dual-encoder head: "query_embedding" [B, e], "clip_embeddings"
         [B, K, e], "embedding_clip_mask" [B, K], "embedding_scale" [].
     """
@@ -378,17 +399,22 @@ class Hammer(nn.Module):
     positive = self.score_pairs(queries, videos, deterministic)
     out = {key: value for key, value in positive.items() if key not in ("frame_text", "clip_text")}
     vr_scores = positive["vr_score"][:, None]
-    if cfg.with_negatives and "neg_index" in batch and batch["neg_index"].shape[1] > 0:
-      neg_index = batch["neg_index"]
-      b, j = neg_index.shape
-      neg_queries, neg_videos = gather_pairs(queries, videos, jnp.repeat(jnp.arange(b), j), neg_index.reshape(-1))
-      negative = self.score_pairs(neg_queries, neg_videos, deterministic, retrieval_only=True)
-      vr_scores = jnp.concatenate([vr_scores, negative["vr_score"].reshape(b, j)], axis=1)
-    out["vr_scores"] = vr_scores
     if cfg.dual_encoder_dim:
       out["query_embedding"] = self.embed_query(queries)
       out["clip_embeddings"], out["embedding_clip_mask"] = self.embed_clips(videos)
       out["embedding_scale"] = self.dual_encoder.scale()
+    if cfg.with_negatives and "neg_index" in batch and batch["neg_index"].shape[1] > 0:
+      neg_index = batch["neg_index"]
+      b, j = neg_index.shape
+      if cfg.hard_negatives:
+        example_mask = batch.get("example_mask", jnp.ones((b,), jnp.int32))
+        neg_index, out["neg_mask"] = hardest_negatives(out["query_embedding"], out["clip_embeddings"],
+                                                       out["embedding_clip_mask"], batch["video_index"],
+                                                       example_mask, j)
+      neg_queries, neg_videos = gather_pairs(queries, videos, jnp.repeat(jnp.arange(b), j), neg_index.reshape(-1))
+      negative = self.score_pairs(neg_queries, neg_videos, deterministic, retrieval_only=True)
+      vr_scores = jnp.concatenate([vr_scores, negative["vr_score"].reshape(b, j)], axis=1)
+    out["vr_scores"] = vr_scores
     if cfg.frame_mlm:
       out["frame_mlm_logits"] = self.predict_masked(positive["frame_text"], batch["mlm_positions"])
     if cfg.clip_mlm and not cfg.flat:

@@ -148,7 +148,7 @@ def hammer_loss(outputs: Mapping[str, Array], batch: Mapping[str, Array], loss_c
   total = jnp.float32(0.0)
   terms = {}
   if loss_config.use_vr:
-    neg_mask = batch.get("neg_mask")
+    neg_mask = outputs.get("neg_mask", batch.get("neg_mask"))  # the model's when it mined hard negatives
     if neg_mask is None:
       neg_mask = jnp.zeros((example_weights.shape[0], outputs["vr_scores"].shape[1] - 1), jnp.float32)
     terms["vr"] = vr_loss(outputs["vr_scores"], neg_mask, example_weights)

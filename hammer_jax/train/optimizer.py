@@ -7,7 +7,9 @@ steps, stays there, then drops to `decay_factors[i] * lr` at
 `new_layer_lr_multiplier` (choice; 1.0, the paper's single rate, in every paper
 config) scales the rate of the parameters trained from scratch: everything but
 the word/position embeddings, the text branches and the MLM head, which start from
-the pretrained BERT. Every config keeps it at 1.0: raising it is what made video
+the pretrained BERT. `dual_encoder_lr_multiplier` scales the dual-encoder head's
+rate further (not in the paper; the head is two projections, shallow enough for a
+rate that would collapse the deep cross-modal stack). Every config keeps it at 1.0: raising it is what made video
 retrieval collapse in an earlier demo (docs/training_dynamics.md).
 """
 
@@ -22,10 +24,12 @@ from hammer_jax.model.build import is_pretrained_path
 
 
 def parameter_groups(params: Any) -> Any:
-  """Tree like `params` of "pretrained" | "new" labels (see the module docstring)."""
+  """Tree like `params` of "pretrained" | "dual_encoder" | "new" labels (see the module docstring)."""
   def label(path, _):
     keys = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
-    return "pretrained" if is_pretrained_path(keys) else "new"
+    if is_pretrained_path(keys):
+      return "pretrained"
+    return "dual_encoder" if "dual_encoder" in keys[:2] else "new"
   return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -57,11 +61,12 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
     parts.append(optax.adamw(schedule, weight_decay=optim_config.weight_decay))
   else:
     parts.append(optax.adam(schedule))
-  multiplier = float(optim_config.new_layer_lr_multiplier)
-  if multiplier != 1.0:
+  new = float(optim_config.new_layer_lr_multiplier)
+  head = new * float(optim_config.get("dual_encoder_lr_multiplier", 1.0))
+  if new != 1.0 or head != 1.0:
     # Scaling Adam's update is scaling the rate (weight decay included) for that group.
-    parts.append(optax.multi_transform({"pretrained": optax.identity(), "new": optax.scale(multiplier)},
-                                       parameter_groups))
+    parts.append(optax.multi_transform({"pretrained": optax.identity(), "new": optax.scale(new),
+                                        "dual_encoder": optax.scale(head)}, parameter_groups))
   tx = optax.chain(*parts)
   if optim_config.get("train_only"):
     # Frozen parameters get a zero update (and no Adam state worth keeping).
