@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -179,6 +180,30 @@ def test_two_stage_rescores_only_the_first_stages_candidates(scoring):
     assert two.vr_score[q, k:].max() < two.vr_score[q, :k].min()
   # p(v|h) is the softmax over the candidates: each query's moment probabilities sum to at most 1.
   assert np.all(np.exp(two.vcmr[..., 3]).sum(1) <= 1 + 1e-6)
+  # And it is exactly that softmax, recomputed here: f(v, h) of every video from the scorer's exhaustive
+  # VR pass, normalised over the K candidates only (a non-candidate has p = 0: it is not in the list),
+  # plus the best moment's log p_start + log p_end in that video.
+  from hammer_jax.data import input_pipeline
+  s, ev, corpus = scoring, scoring["ev"], scoring["corpus"]
+  rows = np.asarray(two.query_rows)
+  q_parts = s["scorer"].encode_queries(s["params"], input_pipeline.eval_query_batches(
+      [ev.queries.token_ids[r] for r in rows], ev.spec.max_query_len, s["scorer"].batch_size, process_index=0,
+      process_count=1))
+  f_all = np.asarray(s["scorer"].vr_scores(s["params"], q_parts, corpus), np.float64)      # [Q, N]
+  assert f_all.shape[1] == len(corpus) > k
+  cand_pos = np.stack([corpus.positions_of(two.first_stage[q, :k]) for q in range(len(rows))])   # [Q, K]
+  loc = s["scorer"].localise(s["params"], q_parts, corpus, np.repeat(np.arange(len(rows)), k), cand_pos.reshape(-1),
+                             k=1)
+  best_moment = np.asarray(loc["log_score"], np.float64).reshape(len(rows), k)
+  for q in range(len(rows)):
+    f = f_all[q, cand_pos[q]]
+    log_p_v = f - (f.max() + math.log(np.exp(f - f.max()).sum()))
+    assert abs(np.exp(log_p_v).sum() - 1) < 1e-9
+    expected = dict(zip(two.first_stage[q, :k].tolist(), log_p_v + best_moment[q]))
+    got = {int(v): score for v, score in zip(two.vcmr[q, :, 0], two.vcmr[q, :, 3])}
+    assert got.keys() == expected.keys()
+    for v in expected:
+      assert got[v] == pytest.approx(expected[v], abs=1e-4), (q, v, got, expected)
 
 
 def test_evaluation_reports_the_first_stage_recall_in_both_modes(scoring):
@@ -256,11 +281,37 @@ def test_a_killed_index_build_resumes_and_gives_the_same_index(own_workdir, tmp_
     time.sleep(0.05)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, "the build ended before it could be killed"
-  resumed = subprocess.run(_index_cmd(own_workdir, "--videos_per_shard=1"), cwd=REPO_ROOT, env=env,
-                           capture_output=True, text=True, timeout=600)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resuming" in resumed.stderr
+  # The shards finished before the kill, by identity: the resumed build must not encode them again.
+  finished = {os.path.join(d, f): os.stat(os.path.join(d, f)) for d, _, fs in os.walk(parts) for f in fs
+              if f.startswith("shard-") and f.endswith(".npz")}
+  finished = {p: (st.st_ino, st.st_mtime_ns) for p, st in finished.items()}
+  assert len(finished) >= 2
+  log = tmp_path / "resumed.log"
+  with open(log, "w") as err:
+    resumed = subprocess.Popen(_index_cmd(own_workdir, "--videos_per_shard=1"), cwd=REPO_ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=err, text=True)
+    rewritten, deadline = set(), time.time() + 600
+    while resumed.poll() is None and time.time() < deadline:
+      for p, identity in finished.items():   # until the saved index removes them, each keeps its file
+        try:
+          st = os.stat(p)
+        except FileNotFoundError:
+          continue
+        if (st.st_ino, st.st_mtime_ns) != identity:
+          rewritten.add(os.path.basename(p))
+      time.sleep(0.02)
+    resumed.wait(timeout=max(1, deadline - time.time()))
+  stderr = log.read_text()
+  assert resumed.returncode == 0, stderr[-3000:]
+  assert not rewritten, f"the resumed build wrote again the shards finished before the kill: {sorted(rewritten)}"
   [name] = [f for f in os.listdir(parts) if f.endswith(".npz")]
+  _, meta = FirstStageIndex.load(os.path.join(parts, name))
+  num_videos, left = meta["num_videos"], meta["num_videos"] - len(finished)   # one video a shard
+  assert f"resuming, {len(finished)} of this process's {num_videos} shards already encoded" in stderr, stderr[-3000:]
+  # The work counted: the progress line counts the remaining videos only, up to its total and no further.
+  progress = [(int(a), int(b)) for a, b in re.findall(r"index: encoded (\d+)/(\d+) videos", stderr)]
+  assert progress and {total for _, total in progress} == {left}, progress
+  assert [done for done, _ in progress] == list(range(1, left + 1)), progress
   assert not [f for f in os.listdir(parts) if f.endswith(".parts")]  # the shards are gone once the index is saved
   shutil.move(os.path.join(parts, name), tmp_path / "resumed.npz")
   fresh = subprocess.run(_index_cmd(own_workdir), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
