@@ -103,6 +103,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.dual_encoder_lr_multiplier = 1.0  # the dual-encoder head's rate / the new layers' (not in the paper)
   c.optim.grad_clip_norm = 0.0        # 0 = off
   c.optim.weight_decay = 0.0          # 0 = plain Adam as the paper
+  # "adam" (the paper) | "sgd": plain SGD, for tests that compare runs element by element (Adam
+  # scales the rounding noise of a flat direction's gradient to a full step; SGD keeps it at lr x noise).
+  c.optim.optimizer = "adam"
   c.optim.train_only = ""             # "": train everything; "dual_encoder": only that head, the rest frozen
 
   c.eval = ml_collections.ConfigDict()

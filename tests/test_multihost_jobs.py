@@ -36,7 +36,7 @@ def job_argv(binary: str, flags, port: int, process_id: int, num_processes: int 
 def train_flags(workdir, prepared):
   return ["--config=configs/demo.py:tiny", f"--workdir={workdir}", f"--config.data.prepared_dir={prepared}",
           f"--config.optim.num_steps={STEPS}", "--config.checkpoint_every_steps=1000", "--config.eval.every_steps=0",
-          "--config.log_every_steps=1", "--config.data.num_readers=2"]
+          "--config.log_every_steps=1", "--config.data.num_readers=2", "--config.optim.optimizer=sgd"]
 
 
 def _env(devices: int) -> dict:
@@ -92,15 +92,12 @@ def test_two_processes_preempted_and_resumed_match_one_process(synthetic_prepare
   one, two = read_scalars(one_process_run, "loss"), read_scalars(workdir, "loss")
   assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=1e-5)
-  # ...and the same parameters. Where the loss is flat (a bias added to every
-  # attention key, a vector added to every class of a softmax head, a layer
-  # whose output the clip level reads only through CCLS) the gradient is
-  # rounding noise, which Adam scales to a full step (~lr): those few elements
-  # part by up to a few lr; every other element agrees to 1e-5.
+  # ...and every parameter element. SGD (--config.optim.optimizer=sgd): where the loss is flat (a bias
+  # added to every attention key, a vector added to every class of a softmax head) the gradient is
+  # rounding noise, which Adam would scale to a full step (~lr); SGD keeps it at lr x noise.
   a, b = restored_params(one_process_run, STEPS), restored_params(workdir, STEPS)
-  diffs = np.concatenate([np.abs(np.asarray(x) - np.asarray(y)).ravel() for x, y in
-                          zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))])
-  assert np.mean(diffs > 1e-5) < 1e-3 and diffs.max() < 1e-2, (np.mean(diffs > 1e-5), diffs.max())
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=0, atol=1e-5)
 
 
 def test_two_process_eval_writes_the_one_process_predictions(one_process_run, tmp_path):

@@ -52,12 +52,18 @@ def learning_rate_schedule(optim_config) -> optax.Schedule:
 
 
 def make_optimizer(optim_config) -> optax.GradientTransformation:
-  """Adam (or AdamW when weight_decay > 0), optional global-norm clipping."""
+  """Adam (or AdamW when weight_decay > 0; SGD with optimizer="sgd"), optional global-norm clipping."""
   schedule = learning_rate_schedule(optim_config)
   parts = []
   if optim_config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(optim_config.grad_clip_norm))
-  if optim_config.weight_decay:
+  kind = optim_config.get("optimizer", "adam")
+  if kind == "sgd":
+    parts.append(optax.sgd(schedule))
+  elif kind != "adam":
+    from configs.base import ConfigError
+    raise ConfigError(f"optim.optimizer must be 'adam' or 'sgd', got {kind!r}")
+  elif optim_config.weight_decay:
     parts.append(optax.adamw(schedule, weight_decay=optim_config.weight_decay))
   else:
     parts.append(optax.adam(schedule))
