@@ -97,13 +97,13 @@ def evaluate(data: prepared_data.PreparedData, spec: input_pipeline.PipelineSpec
   videos = np.asarray([int(tq.video_index[q]) for q in keep])
   # lambda by a hold-out of 20% of the training videos (VR R@1 of the same scoring).
   held = np.isin(videos, np.unique(videos)[::5])
+  cand = np.unique(videos[held])
+  cand_spans = [span_table(rows[v] - mean_row, n[v], max_span)[1] for v in cand]  # once for every lambda
   best = None
   for lam in LAMBDAS:
     vocab, w = fit([d for d, h in zip(descs, held) if not h], targets[~held], lam)
     y = _bags([d for d, h in zip(descs, held) if h], vocab) @ w
-    cand = np.unique(videos[held])
-    video_scores = np.stack([(span_table(rows[v] - mean_row, n[v], max_span)[1] @ y.T).max(axis=0)
-                             for v in cand], axis=1)
+    video_scores = np.stack([(means @ y.T).max(axis=0) for means in cand_spans], axis=1)
     r1 = float(np.mean(cand[video_scores.argmax(axis=1)] == videos[held]))
     if best is None or r1 > best[0]:
       best = (r1, lam)
@@ -125,12 +125,13 @@ def evaluate(data: prepared_data.PreparedData, spec: input_pipeline.PipelineSpec
     vr.append(predictions.make_vr_entry(desc_id, desc, position_to_idx, best_of))
     cand_v, cand_st, cand_ed, cand_score = [], [], [], []
     for v, (spans, sc) in enumerate(per_video):
-      top = np.argsort(-sc[q], kind="stable")[:spans_per_video]
+      order = np.argsort(-sc[q], kind="stable")
+      top = order[:spans_per_video]
       st, ed = _seconds(spans[top], secs[v], durs[v])
       cand_v.append(np.full(len(top), position_to_idx[v])), cand_st.append(st), cand_ed.append(ed)
       cand_score.append(sc[q][top])
       if v == gt:
-        top100 = np.argsort(-sc[q], kind="stable")[:predictions.MAX_PREDICTIONS]
+        top100 = order[:predictions.MAX_PREDICTIONS]
         gst, ged = _seconds(spans[top100], secs[v], durs[v])
         svmr.append(predictions.make_entry(desc_id, desc, np.full(len(top100), position_to_idx[v]), gst, ged,
                                            sc[q][top100]))

@@ -103,10 +103,9 @@ def run_config(run: str, args, prepared_dir: str, seed: int):
   return cpu_budget(c, args)
 
 
-def curve(run_dir: str) -> dict[str, dict[int, float]]:
-  from benchmarks.vr_dynamics import read_scalars
-  s = read_scalars(run_dir)
-  return {k: {int(step): v for step, v in s.get(f"eval/{k}", {}).items()}
+def curve(scalars: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
+  """The learning-curve points of a run's TensorBoard scalars (`read_scalars`)."""
+  return {k: {int(step): v for step, v in scalars.get(f"eval/{k}", {}).items()}
           for k in ("VR/r1", "VR/r10", "VCMR/0.5-r1", "TL/mIoU", "first_stage/recall@10")}
 
 
@@ -129,7 +128,7 @@ def train_run(run: str, seed: int, args, prepared_dir: str) -> dict:
   metrics = {f"{t}/{k}": final.get(t, {}).get(k) for t, k in HEADLINE}
   scalars = read_scalars(run_dir)
   vr_loss = [v for s, v in scalars.get("vr", {}).items() if s > args.steps - 100]
-  out = {"run": run, "seed": seed, "seconds": round(seconds, 1), "metrics": metrics, "curve": curve(run_dir),
+  out = {"run": run, "seed": seed, "seconds": round(seconds, 1), "metrics": metrics, "curve": curve(scalars),
          "vr_loss_last100_over_ln": (sum(vr_loss) / len(vr_loss) / math.log(1 + config.data.num_negatives)
                                      if vr_loss else None)}
   os.makedirs(run_dir, exist_ok=True)

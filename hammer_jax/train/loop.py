@@ -52,6 +52,8 @@ def make_loss_fn(model: hammer.Hammer, loss_config, *, train: bool) -> Callable:
   def loss_fn(params, batch, rng):
     outputs = model.apply({"params": params}, batch, deterministic=not train, rngs={"dropout": rng})
     total, terms = losses.hammer_loss(outputs, batch, loss_config)
+    if "neg_mask" in outputs:  # hard negatives: the diagnostics read the negatives the model mined
+      batch = dict(batch, neg_mask=outputs["neg_mask"])
     return total, dict(terms, vr_accuracy=diagnostics.in_batch_retrieval_accuracy(outputs["vr_scores"], batch),
                        vr_spread=diagnostics.vr_score_spread(outputs["vr_scores"], batch))
 
