@@ -1,4 +1,5 @@
-"""Pre-extracted feature files: h5 (`vid_name -> [rows, dim]`) or a folder of `.npy`.
+"""Pre-extracted feature files: h5 (`vid_name -> [rows, dim]`) or a folder of `<vid_name>.npy`
+(or `.npz`: its one array, or the one named `features`).
 
 Shapes are checked up front from metadata (missing videos, zero rows, a width
 that differs from the others) so a bad file fails before any shard is written;
@@ -9,6 +10,8 @@ values (NaN/Inf) are checked as each video is read. Every failure is a one-line
 from __future__ import annotations
 
 import os
+import types
+import zipfile
 from typing import Sequence
 
 import h5py
@@ -18,24 +21,34 @@ from data_prep.records import DataError
 
 
 class FeatureFile:
-  """Read-only view of one feature source: an h5 file or a folder of `<vid>.npy`."""
+  """Read-only view of one feature source: an h5 file or a folder of `<vid>.npy` / `<vid>.npz`."""
 
   def __init__(self, path: str, field: str):
     self.path, self.field = path, field
     if os.path.isdir(path):
       self._h5 = None
-      self._names = {f[:-4] for f in os.listdir(path) if f.endswith(".npy")}
+      self._files = _folder_files(path, field)
     elif os.path.isfile(path):
       try:
         self._h5 = h5py.File(path, "r")
       except OSError as e:
         raise DataError(path, "<file>", field, f"cannot open as h5 ({e})") from None
-      self._names = None
+      self._files = None
     else:
       raise DataError(path, "<file>", field, "feature file or folder does not exist")
 
   def __contains__(self, name: str) -> bool:
-    return name in self._h5 if self._h5 is not None else name in self._names
+    return name in self._h5 if self._h5 is not None else name in self._files
+
+  def names(self) -> list[str]:
+    """Every entry's name, sorted: the h5 file's top-level keys, or the folder's file names without suffix."""
+    return sorted(self._h5.keys() if self._h5 is not None else self._files)
+
+  def file_paths(self) -> list[str]:
+    """The files holding the features (the h5 file, or every per-video file of the folder)."""
+    if self._h5 is not None:
+      return [self.path]
+    return [os.path.join(self.path, f) for _, f in sorted(self._files.items())]
 
   def _meta(self, name: str):
     if self._h5 is not None:
@@ -45,11 +58,14 @@ class FeatureFile:
                         f"is an h5 {type(node).__name__}, expected a [rows, dim] dataset (docs/getting_data.md "
                         "shows how to convert)")
       return node
+    file = os.path.join(self.path, self._files[name])
     try:
-      return np.load(os.path.join(self.path, name + ".npy"), mmap_mode="r")
-    except (OSError, ValueError) as e:
-      raise DataError(os.path.join(self.path, name + ".npy"), f"video {name}", self.field,
-                      f"cannot read as .npy ({e})") from None
+      if file.endswith(".npz"):
+        return _npz_header(file, name, self.field)
+      return np.load(file, mmap_mode="r")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      raise DataError(file, f"video {name}", self.field,
+                      f"cannot read as {file[-4:]} ({e})") from None
 
   def shape(self, name: str) -> tuple[int, ...]:
     return tuple(self._meta(name).shape)
@@ -67,7 +83,16 @@ class FeatureFile:
     if self._h5 is not None:
       arr = np.asarray(self._h5[name], dtype=np.float32)
     else:
-      arr = np.load(os.path.join(self.path, name + ".npy")).astype(np.float32)
+      file = os.path.join(self.path, self._files[name])
+      try:
+        if file.endswith(".npz"):
+          with np.load(file) as z:
+            arr = z[_npz_key(z.files, file, name, self.field)]
+        else:
+          arr = np.load(file)
+      except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(file, f"video {name}", self.field, f"cannot read as {file[-4:]} ({e})") from None
+      arr = arr.astype(np.float32)
     if not np.all(np.isfinite(arr)):
       bad = int(np.argwhere(~np.isfinite(arr))[0][0])
       raise DataError(self.path, f"video {name}", self.field, f"NaN or Inf in features (row {bad})")
@@ -76,6 +101,50 @@ class FeatureFile:
   def close(self):
     if self._h5 is not None:
       self._h5.close()
+
+
+FOLDER_SUFFIXES = (".npy", ".npz")
+
+
+def _folder_files(folder: str, field: str) -> dict[str, str]:
+  """{video name: file name} of a folder's `.npy` / `.npz` files; a name with both is refused."""
+  out: dict[str, str] = {}
+  for f in sorted(os.listdir(folder)):
+    if not f.endswith(FOLDER_SUFFIXES):
+      continue
+    name = f[:-4]
+    if name in out:
+      raise DataError(os.path.join(folder, f), f"video {name}", field,
+                      f"both {out[name]} and {f} are in the folder: keep one file per video")
+    out[name] = f
+  return out
+
+
+def _npz_key(keys, file: str, name: str, field: str) -> str:
+  """The array of a `.npz` that holds the video's features: its only one, or the one named `features`."""
+  if len(keys) == 1:
+    return keys[0]
+  if "features" in keys:
+    return "features"
+  raise DataError(file, f"video {name}", field, f"holds arrays {', '.join(sorted(keys)) or '(none)'}: expected "
+                  "one array, or one named 'features'")
+
+
+def _npz_header(file: str, name: str, field: str):
+  """Shape and dtype of the features of a `.npz`, from the array's header (the values are not read)."""
+  with zipfile.ZipFile(file) as z:
+    members = {m[:-4]: m for m in z.namelist() if m.endswith(".npy")}
+    with z.open(members[_npz_key(list(members), file, name, field)]) as f:
+      version = np.lib.format.read_magic(f)
+      if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+      elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+      else:  # Other header versions: read the array itself.
+        with np.load(file) as loaded:
+          arr = loaded[_npz_key(loaded.files, file, name, field)]
+        shape, dtype = arr.shape, arr.dtype
+  return types.SimpleNamespace(shape=tuple(shape), dtype=np.dtype(dtype))
 
 
 def check_videos(source: FeatureFile, names: Sequence[str], *, expected_dim: int | None = None) -> int:

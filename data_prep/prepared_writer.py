@@ -80,11 +80,13 @@ class PreparedWriter:
   """Writes the `videos` and `queries` datasets of one source, then puts them at `out_dir` whole.
 
   After construction, `up_to_date` is the manifest of an identical complete
-  dataset already at `out_dir` (nothing to write), else None.
+  dataset already at `out_dir` (nothing to write), else None. A corpus without
+  queries (data_prep.corpus) has no tokenizer: `checkpoint` and `vocab_sha256`
+  are None, and so are they in its manifest.
   """
 
   def __init__(self, out_dir: str, *, source: str, video_dim: int, subtitle_dim: int,
-               checkpoint: str, vocab_sha256: str, build_args: dict[str, Any], splits: list[str],
+               checkpoint: str | None, vocab_sha256: str | None, build_args: dict[str, Any], splits: list[str],
                videos_per_shard: int = 256, queries_per_shard: int = 50_000, overwrite: bool = False):
     self.out_dir = files.absolute(out_dir)
     self.source, self.video_dim, self.subtitle_dim = source, video_dim, subtitle_dim
@@ -148,6 +150,13 @@ class PreparedWriter:
     """Deletes a file or folder of ours; never one in the published folder (clean-up never touches published data)."""
     self._check_unpublished(path)
     (files.rmtree if folder else files.remove)(path)
+
+  def write_file(self, name: str, text: str) -> str:
+    """Writes `text` as `name` in this build's folder, published with it; returns its path relative to out_dir."""
+    path = os.path.join(self.root, name)
+    self._check_unpublished(path)
+    files.atomic_write(path, text)
+    return f"{self.data_folder}/{name}"
 
   # -- one split -------------------------------------------------------------
 
@@ -282,7 +291,7 @@ class PreparedWriter:
         "vocab_sha256": self.vocab_sha256,
         "build_args": self.build_args,
         "splits": dict(self.splits),
-        **pretrained.token_space(self.checkpoint),
+        **(pretrained.token_space(self.checkpoint) if self.checkpoint else {}),
     }
     manifest.update(extra or {})
     for dataset, spec, key in (("videos", self.video_spec, "video_shard_lengths"),
@@ -333,10 +342,16 @@ def _check_out_dir(out_dir: str) -> None:
 
 def format_summary(manifest: dict[str, Any]) -> str:
   """Human-readable end-of-run summary: counts and repairs/drops with reasons."""
+  vocab = manifest.get("vocab_sha256")
   lines = [f"Prepared {manifest['source']} data: video dim {manifest['video_dim']}, "
-           f"subtitle dim {manifest['subtitle_dim']}, vocabulary {manifest['vocab_sha256'][:12]}"
+           f"subtitle dim {manifest['subtitle_dim']}, "
+           + (f"vocabulary {vocab[:12]}" if vocab else "no queries (no vocabulary)")
            + (" (already complete for these inputs and arguments: nothing written)" if manifest.get("up_to_date")
               else "")]
+  if manifest.get("subtitle_stream"):
+    lines.append(f"subtitle stream: {manifest['subtitle_stream']}")
+  if manifest.get("subtitle_lines"):
+    lines.append(f"subtitle lines: {manifest['subtitle_lines']}")
   lines.append(f"{'split':<14}{'videos':>9}{'queries':>10}{'frames':>11}")
   for split, info in manifest["splits"].items():
     reused = info.get("video_shards_reused", 0)

@@ -13,7 +13,12 @@ span highlighted, the subtitle lines inside the moment (`--subtitles`) and a
 player that plays the moment (`--videos` holding `<vid_name>.mp4`), and says
 how long the query took and which retrieval answered it. When a first-stage
 index exists (`python -m hammer_jax.index`), the page offers two-stage and
-exhaustive search, and the first stage's K.
+exhaustive search, and the first stage's K. Two-stage search reads its K
+candidates from the index's parts store (`retrieval/parts_store.py`); the
+exhaustive mode beside it streams every video's parts from the same store per
+query (memory stays that of a block of videos), and is offered up to
+EXHAUSTIVE_MAX_STORED videos (past that a query would read and score the whole
+corpus: minutes to hours).
 
 `answer(searchers, text, ...)` is the page's query function without a browser
 (tests call it); queries are served one at a time (one model, one device).
@@ -38,6 +43,7 @@ from hammer_jax.errors import HammerError, UsageError
 from hammer_jax.retrieval.searcher import CorpusSearcher, Moment, SearchError
 
 MODE_LABELS = {"two_stage": "two-stage", "exhaustive": "exhaustive"}
+EXHAUSTIVE_MAX_STORED = 20_000  # videos: beyond, exhaustive search over a parts store is not offered
 CSS = """
 .hj-moment {border: 1px solid #d0d7de; border-radius: 6px; padding: 8px 12px; margin: 8px 0;}
 .hj-head {font-size: 15px; margin-bottom: 4px;}
@@ -53,15 +59,18 @@ class Searchers:
   """The searchers of one corpus by retrieval mode, one restored model between them, one query at a time.
 
   Two-stage search needs a first-stage index; with one, an exhaustive searcher
-  is a shallow copy of the two-stage one without it (model, params, corpus
-  index and subtitles shared, so nothing loads twice). The lock serves queries
-  one after the other: a search runs device programs of the shared model and
-  sets per-query state on its searcher (`last_notices`, `candidates`).
+  is a shallow copy of the two-stage one without it (model, params, parts
+  cache or store, and subtitles shared, so nothing loads twice). The lock
+  serves queries one after the other: a search runs device programs of the
+  shared model and sets per-query state on its searcher (`last_notices`,
+  `candidates`).
   """
 
   def __init__(self, searcher: CorpusSearcher, videos: str | None = None):
+    from hammer_jax.retrieval.parts_store import StoredCorpus
     self.by_mode = {searcher.retrieval: searcher}
-    if searcher.retrieval == "two_stage":
+    stored = isinstance(searcher.corpus, StoredCorpus)
+    if searcher.retrieval == "two_stage" and (not stored or len(searcher.corpus) <= EXHAUSTIVE_MAX_STORED):
       exhaustive = copy.copy(searcher)
       exhaustive.first_stage, exhaustive.retrieval, exhaustive.last_notices = None, "exhaustive", []
       self.by_mode["exhaustive"] = exhaustive

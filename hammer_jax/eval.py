@@ -1,7 +1,7 @@
 r"""Eval binary: corpus retrieval + localisation of a trained workdir on a split.
 
   python -m hammer_jax.eval --workdir=W [--split=val|test|SPLIT] [--step=N] [--top_k=100]
-      [--retrieval=exhaustive|two_stage] [--candidates=K]
+      [--retrieval=exhaustive|two_stage] [--candidates=K] [--saved_index=true|false]
 
 Restores the workdir's config and the parameters of its latest (or `--step`) checkpoint and evaluates a
 split of its prepared data (local or `gs://`): `val` is the config's eval split, `test` TVR's
@@ -10,7 +10,11 @@ writes `W/eval/<split>_step<N>/` (`retrieval/evaluator.py`: predictions.json in
 the TVR submission layout, metrics.json/.md, Figures 2-3 and 5) and TensorBoard
 scalars under W/tensorboard. `--retrieval=two_stage` (a model with the
 dual-encoder head) re-scores only the first stage's top K videos and writes
-`W/eval/<split>_step<N>_two_stage/`. A split without ground truth (test_public) yields
+`W/eval/<split>_step<N>_two_stage/`; when `python -m hammer_jax.index` has
+built a current first-stage index and parts store for that split and step, it
+evaluates with them (the corpus is not encoded again, and the re-rank reads
+only each query's K candidates from the store; `--saved_index=false` encodes
+anyway). A split without ground truth (test_public) yields
 predictions.json only. On several hosts every process runs the same command
 (with the same start-up flags as training, `hammer_jax/startup.py`); each
 scores its share of the queries and process 0 writes the files.
@@ -35,6 +39,8 @@ flags.DEFINE_enum("retrieval", None, ["exhaustive", "two_stage"],
                   "(default: config.eval.retrieval).")
 flags.DEFINE_integer("candidates", None, "Two-stage K (default: config.eval.first_stage_candidates).",
                      lower_bound=1)
+flags.DEFINE_bool("saved_index", True, "Two-stage: use the first-stage index and parts store of "
+                  "python -m hammer_jax.index when they are current for this split and step.")
 
 
 def split_name(config, split: str) -> str:
@@ -55,8 +61,11 @@ def main(argv):
   data.split(split)
   top_k = FLAGS.top_k if FLAGS.top_k is not None else config.eval.top_k_videos
   scorer = PairScorer(model, batch_size=config.eval.batch_size, decoding=config.model.decoding, progress=True)
+  saved = None
+  if (FLAGS.retrieval or config.eval.retrieval) == "two_stage" and FLAGS.saved_index:
+    saved = evaluator.saved_two_stage(FLAGS.workdir, config, data, split, step, params)
   ev = evaluator.Evaluator(scorer, config, data, split, top_k=top_k, max_queries=FLAGS.max_queries,
-                           analyses=True, retrieval=FLAGS.retrieval, candidates=FLAGS.candidates)
+                           analyses=True, retrieval=FLAGS.retrieval, candidates=FLAGS.candidates, saved=saved)
   out_dir = workdirs.eval_dir(FLAGS.workdir, split, step, ev.retrieval)
   how = ev.retrieval if ev.retrieval == "exhaustive" else f"two-stage, {ev.candidates} candidates"
   logging.info("Evaluating %s (step %d) on %s/%s, top %d videos (%s)", FLAGS.workdir, step, data.path, split,

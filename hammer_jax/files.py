@@ -34,8 +34,13 @@ def path(p) -> epath.Path:
 
 
 def native(p) -> str:
-  """`p` as the libraries that open paths themselves want it (tf.data, TensorBoard, TFDS, Orbax)."""
-  return os.fspath(path(p))
+  """`p` as the libraries that open paths themselves want it (tf.data, TensorBoard, TFDS, Orbax).
+
+  A local path, or the URI itself (`gs://...`): those libraries speak to the
+  bucket through their own clients, and code that would `open` it fails here as
+  it would on a real bucket.
+  """
+  return str(p) if has_scheme(p) else os.fspath(path(p))
 
 
 def is_remote(p) -> bool:
@@ -182,6 +187,24 @@ def download(p, write_to: Callable[[str], object]):
     os.remove(tmp)
 
 
+def tensorstore_kvstore(p) -> dict:
+  """The TensorStore key-value store spec of folder `p` (a local folder, `file://`, `gs://` or `s3://`).
+
+  For stores read by key from anywhere (TensorStore speaks to the bucket
+  itself, with ranged reads; nothing is downloaded whole).
+  """
+  text = str(p)
+  scheme, sep, rest = text.partition("://")
+  if not sep:
+    return {"driver": "file", "path": os.path.abspath(text) + "/"}
+  if scheme == "file":
+    return {"driver": "file", "path": "/" + rest.lstrip("/") + "/"}
+  if scheme in ("gs", "s3"):
+    bucket, _, key = rest.partition("/")
+    return {"driver": "gcs" if scheme == "gs" else "s3", "bucket": bucket, "path": key.rstrip("/") + "/"}
+  raise ValueError(f"{text}: TensorStore cannot open a {scheme}:// folder (local, file://, gs:// or s3://)")
+
+
 def copytree(src, dst) -> None:
   """Copies folder `src` into `dst` (e.g. a prepared dataset up to a bucket)."""
   src_path = path(src)
@@ -195,4 +218,4 @@ def copytree(src, dst) -> None:
 
 __all__ = ["path", "native", "is_remote", "has_scheme", "absolute", "join", "exists", "isdir", "isfile", "makedirs", "listdir", "read_text",
            "read_bytes", "remove", "rmtree", "temporary_path", "atomic_write_with", "atomic_write", "atomic_write_npz", "download",
-           "copy_file", "copytree"]
+           "copy_file", "copytree", "tensorstore_kvstore"]

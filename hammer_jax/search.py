@@ -18,7 +18,11 @@ step) and saved as `W/search_index/<corpus-id>_step<N>.npz` (+ `.json`), then
 loaded by later runs. A query costs one query encoding + V pair scores + top_k
 decodes, through the same `retrieve.retrieve` as evaluation. With a first-stage
 index (`python -m hammer_jax.index --workdir=W`, same corpus flags) a query
-costs one FAISS search + K pair passes instead (two-stage; `--retrieval`).
+costs one FAISS search + K pair passes instead (two-stage; `--retrieval`), and
+the K candidates' parts are read from the parts store the index build wrote
+beside it (`W/index/<corpus-id>_step<N>.store/`): the corpus's parts are not
+held in memory, and --rebuild_index / --require_index (which concern the
+in-memory cache) do not apply.
 """
 
 from __future__ import annotations
@@ -118,8 +122,8 @@ def define_flags():
   flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", lower_bound=0)
   flags.DEFINE_bool("json", False, "Print a JSON list of {rank, vid_name, st, ed, score, subtitles?}.")
   flags.DEFINE_bool("interactive", False, "Read queries from stdin, one per line, until an empty line or EOF.")
-  flags.DEFINE_bool("rebuild_index", False, "Recompute the corpus index even if a current one is saved.")
-  flags.DEFINE_bool("require_index", False, "Fail instead of building a missing or stale index.")
+  flags.DEFINE_bool("rebuild_index", False, "Recompute the in-memory parts cache even if a current one is saved.")
+  flags.DEFINE_bool("require_index", False, "Fail instead of building a missing or stale parts cache.")
   flags.DEFINE_enum("retrieval", "auto", ["auto", "exhaustive", "two_stage"],
                     "auto: two-stage when a current first-stage index exists (python -m hammer_jax.index).")
   flags.DEFINE_integer("candidates", None, "Two-stage K (default: config.eval.first_stage_candidates).",

@@ -1,9 +1,11 @@
-"""Every file of a job on a bucket: prepare -> train (+ final evaluation) -> eval -> search on `mockgs://`.
+"""Every file of a job on a bucket: prepare (and re-run) -> train (+ final evaluation) -> resume -> index ->
+eval -> search on `mockgs://`.
 
 `tests/mock_bucket/sitecustomize.py` registers a stand-in bucket scheme with
-etils.epath in each process (as epath registers `gs://`) and makes any `open` /
-`os` call on such a path fail, so these runs pass only if every job path goes
-through hammer_jax.files. The objects land in a local folder, which the test
+etils.epath in each process (as epath registers `gs://`), hands libraries the
+URI (never the local folder, see its docstring) and makes any `open` / `os`
+call on such a path fail, so these runs pass only if every job path goes
+through hammer_jax.files or a library's own bucket client. The objects land in a local folder, which the test
 then inspects.
 """
 
@@ -57,11 +59,28 @@ def test_prepare_train_eval_search_in_a_bucket(tmp_path):
     assert os.path.getsize(w / "eval" / "val_step6" / name) > 0, name
   assert os.path.exists(w / "eval" / "periodic_step6" / "predictions.json")
 
-  _run(bucket, "-m", "hammer_jax.eval", "--workdir=mockgs://bucket/w", "--split=test")
+  # A re-run of the same preparation finds the published dataset complete and keeps it.
+  before = {f: os.path.getmtime(f) for f in glob.glob(str(prepared / "**" / "*"), recursive=True)}
+  rerun = _run(bucket, "-m", "data_prep.tvr", f"--annotation_dir={raw}", f"--video_feature={raw}/video_feature.h5",
+               f"--subtitle_feature={raw}/sub_feature.h5", f"--video2dur_idx={raw}/tvr_video2dur_idx.json",
+               "--out_dir=mockgs://bucket/prepared", "--videos_per_shard=8")
+  assert "already complete" in rerun.stdout + rerun.stderr
+  assert {f: os.path.getmtime(f) for f in glob.glob(str(prepared / "**" / "*"), recursive=True)} == before
+
+  # Training resumes from the bucket's latest checkpoint.
+  resumed = _run(bucket, "-m", "hammer_jax.main", *flags[:-3], "--config.optim.num_steps=9",
+                 "--config.eval.final_eval=False")
+  assert "from step 6" in resumed.stdout + resumed.stderr, (resumed.stdout + resumed.stderr)[-3000:]
+  assert sorted(os.listdir(w / "checkpoints")) == ["3", "6", "9"]
+
+  # The first-stage index (and its parts) built on the bucket; search then answers two-stage from it.
+  _run(bucket, "-m", "hammer_jax.index", "--workdir=mockgs://bucket/w", "--videos_per_shard=2")
+  assert glob.glob(str(w / "index" / "*_step9.npz")) and not glob.glob(str(w / "index" / "*.parts"))
+  _run(bucket, "-m", "hammer_jax.eval", "--workdir=mockgs://bucket/w", "--split=test", "--step=6")
   assert json.load(open(w / "eval" / "test_public_step6" / "predictions.json"))["VR"]
   found = _run(bucket, "-m", "hammer_jax.search", "--workdir=mockgs://bucket/w", "--query=the dog runs", "--json",
                "--top_k=2")
-  assert len(json.loads(found.stdout)) == 2 and glob.glob(str(w / "search_index" / "*.npz"))
+  assert len(json.loads(found.stdout)) == 2
   # Nothing used the bucket path as a local one (an `os.makedirs("mockgs://...")` would leave `mockgs:` here).
   assert not glob.glob(str(tmp_path / "**" / "mockgs:*"), recursive=True)
   assert not os.path.exists(os.path.join(REPO_ROOT, "mockgs:"))

@@ -19,7 +19,7 @@ from helpers import REPO_ROOT
 from multihost import run_processes
 
 from hammer_jax.model import losses
-from hammer_jax.retrieval import first_stage, index_files
+from hammer_jax.retrieval import first_stage, index_files, parts_store
 
 
 def _hand_case():
@@ -243,7 +243,9 @@ def test_index_round_trip_and_search_uses_it(own_workdir, scoring):
   vectors = np.random.default_rng(0).normal(size=(3, loaded.index.d)).astype(np.float32)
   np.testing.assert_array_equal(loaded.search(vectors, 5)[0], scoring["index"].search(vectors, 5)[0])
   searcher = MomentSearcher(own_workdir)
-  assert searcher.retrieval == "two_stage"
+  # The candidates' parts come from the index's parts store: no in-memory parts cache is built.
+  assert (searcher.retrieval, searcher.index_status) == ("two_stage", "store")
+  assert not os.path.exists(os.path.join(own_workdir, "search_index"))
   assert MomentSearcher(own_workdir, retrieval="exhaustive").retrieval == "exhaustive"
   assert len(searcher.search("the dog runs", top_k=3)) == 3
 
@@ -286,6 +288,14 @@ def test_a_killed_index_build_resumes_and_gives_the_same_index(own_workdir, tmp_
               if f.startswith("shard-") and f.endswith(".npz")}
   finished = {p: (st.st_ino, st.st_mtime_ns) for p, st in finished.items()}
   assert len(finished) >= 2
+  # ... nor write their parts into the store again (one video a shard: shard s is the files c.<s>.*).
+  shard_ids = [int(os.path.basename(p)[len("shard-"):-len(".npz")]) for p in finished]
+  [store] = [os.path.join(parts, f) for f in os.listdir(parts) if f.endswith(".store")]
+  stored = [os.path.join(store, "done", f"shard-{s:05d}.json") for s in shard_ids] + [
+      os.path.join(store, "parts", key, name) for key in ("tokens", "frame_mask")
+      for name in os.listdir(os.path.join(store, "parts", key)) if name.split(".")[1] in map(str, shard_ids)]
+  assert len(stored) == 3 * len(shard_ids)
+  finished.update({p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in stored})
   log = tmp_path / "resumed.log"
   with open(log, "w") as err:
     resumed = subprocess.Popen(_index_cmd(own_workdir, "--videos_per_shard=1"), cwd=REPO_ROOT, env=env,
@@ -298,7 +308,7 @@ def test_a_killed_index_build_resumes_and_gives_the_same_index(own_workdir, tmp_
         except FileNotFoundError:
           continue
         if (st.st_ino, st.st_mtime_ns) != identity:
-          rewritten.add(os.path.basename(p))
+          rewritten.add(os.path.relpath(p, parts))
       time.sleep(0.02)
     resumed.wait(timeout=max(1, deadline - time.time()))
   stderr = log.read_text()
@@ -306,13 +316,14 @@ def test_a_killed_index_build_resumes_and_gives_the_same_index(own_workdir, tmp_
   assert not rewritten, f"the resumed build wrote again the shards finished before the kill: {sorted(rewritten)}"
   [name] = [f for f in os.listdir(parts) if f.endswith(".npz")]
   _, meta = FirstStageIndex.load(os.path.join(parts, name))
-  num_videos, left = meta["num_videos"], meta["num_videos"] - len(finished)   # one video a shard
-  assert f"resuming, {len(finished)} of this process's {num_videos} shards already encoded" in stderr, stderr[-3000:]
+  num_videos, left = meta["num_videos"], meta["num_videos"] - len(shard_ids)   # one video a shard
+  assert f"resuming, {len(shard_ids)} of this process's {num_videos} shards already encoded" in stderr, stderr[-3000:]
   # The work counted: the progress line counts the remaining videos only, up to its total and no further.
   progress = [(int(a), int(b)) for a, b in re.findall(r"index: encoded (\d+)/(\d+) videos", stderr)]
   assert progress and {total for _, total in progress} == {left}, progress
   assert [done for done, _ in progress] == list(range(1, left + 1)), progress
   assert not [f for f in os.listdir(parts) if f.endswith(".parts")]  # the shards are gone once the index is saved
+  assert parts_store.open_store(store).meta["fingerprint"] == meta["fingerprint"]  # stamped, last
   shutil.move(os.path.join(parts, name), tmp_path / "resumed.npz")
   fresh = subprocess.run(_index_cmd(own_workdir), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert fresh.returncode == 0, fresh.stderr[-3000:]

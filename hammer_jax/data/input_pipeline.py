@@ -37,7 +37,7 @@ import numpy as np
 from configs.base import ConfigError
 from hammer_jax.data import alignment, sampling, shards
 from hammer_jax.data.shards import ShardError  # noqa: F401  (what a bad shard raises, named where it is read)
-from hammer_jax.data.prepared_data import PreparedData
+from hammer_jax.data.prepared_data import PreparedData, PreparedDataError
 
 HOST_ONLY_KEYS = ("desc_id",)  # int64 ids stay on the host; devices get the rest.
 
@@ -225,6 +225,9 @@ class TrainBatches:
   def __init__(self, data: PreparedData, split: str, spec: PipelineSpec, *, local_batch_size: int,
                seed: int, start_step: int = 0, process_index: int | None = None,
                process_count: int | None = None, global_offset: int = 0):
+    if not data.has_queries:
+      raise PreparedDataError(f"{data.path}: a corpus prepared without queries (data_prep.corpus) cannot be trained "
+                              "on; it is for search (python -m hammer_jax.search --prepared_dir)")
     self.spec, self.seed, self.step = spec, seed, start_step
     self.local_batch_size, self.global_offset = local_batch_size, global_offset
     self.process_index, self.process_count = _process(process_index, process_count)

@@ -21,7 +21,8 @@ from hammer_jax import files
 # Version folder of the two TFDS datasets (`videos/<version>`, `queries/<version>`); data_prep writes it.
 DATASET_VERSION = "1.0.0"
 PREPARE_HINT = ("run `python -m data_prep.make_synthetic` + `python -m data_prep.tvr`, "
-                "or `python -m data_prep.activitynet` (see README)")
+                "`python -m data_prep.activitynet`, or `python -m data_prep.corpus` for features without queries "
+                "(see README)")
 
 
 class PreparedDataError(ValueError):
@@ -62,19 +63,43 @@ class PreparedData:
     folder = os.path.join(self.path, self.manifest.get("data_folder", ""), dataset, DATASET_VERSION)
     return tfds.builder_from_directory(files.native(folder))
 
+  @property
+  def has_queries(self) -> bool:
+    """False for a corpus prepared without queries (`data_prep.corpus`): no vocabulary, no token ids."""
+    return self.manifest.get("vocab_sha256") is not None
+
   def check_vocabulary(self, vocab_sha256: str | None, checkpoint: str = "") -> None:
-    """Refuses data tokenised with another vocabulary than the model's."""
+    """Refuses data tokenised with another vocabulary than the model's.
+
+    A corpus without queries has no token ids to disagree with any model: accepted.
+    """
+    if not self.has_queries:
+      return
     if vocab_sha256 is not None and vocab_sha256 != self.manifest["vocab_sha256"]:
       raise PreparedDataError(
           f"{self.path}: queries were tokenised with vocabulary {self.manifest['vocab_sha256'][:12]} "
           f"({self.manifest.get('text_checkpoint', '?')}) but the model uses {vocab_sha256[:12]} ({checkpoint}); "
           "prepare the data again with --text_checkpoint set to the model's checkpoint")
 
-  def check_feature_dims(self, video_dim: int, subtitle_dim: int) -> None:
-    if (video_dim, subtitle_dim) != (self.video_dim, self.subtitle_dim):
-      raise PreparedDataError(
-          f"{self.path}: features are video {self.video_dim} / subtitle {self.subtitle_dim} wide but the "
-          f"model expects {video_dim} / {subtitle_dim}")
+  def check_feature_dims(self, video_dim: int, subtitle_dim: int, model: str = "") -> None:
+    """Refuses features of other widths than the model's (one line: this corpus, both widths, the model).
+
+    `model` names the model (e.g. its training data's folder); same widths do not
+    mean the same features (docs/own_videos.md), but other widths cannot work.
+    """
+    if (video_dim, subtitle_dim) == (self.video_dim, self.subtitle_dim):
+      return
+    of = f" ({model})" if model else ""
+    hint = ""
+    if self.source == "corpus" and self.video_dim == video_dim and not self.subtitle_dim:
+      hint = (f"; prepare the corpus again with --subtitle_dim={subtitle_dim} (zero subtitle rows, as for videos "
+              "without subtitles) or --subtitle_features of that width")
+    elif self.source == "corpus" and self.video_dim != video_dim:
+      hint = ("; extract the corpus's features the way the model's training features were extracted "
+              "(docs/own_videos.md)")
+    raise PreparedDataError(
+        f"{self.path}: features are video {self.video_dim} / subtitle {self.subtitle_dim} wide but the "
+        f"model{of} expects video {video_dim} / subtitle {subtitle_dim}{hint}")
 
 
 def open_prepared(path: str) -> PreparedData:
@@ -108,8 +133,9 @@ class QueryTable:
 
 
 def read_queries(data: PreparedData, split: str) -> QueryTable:
-  """Reads the split's `queries` records in their stored order."""
-  data.split(split)
+  """Reads the split's `queries` records in their stored order (none for a corpus without queries)."""
+  if not data.split(split).get("num_queries", 1):
+    return _query_table({k: [] for k in QueryTable.__dataclass_fields__})  # TFDS refuses to read an empty split.
   import tensorflow_datasets as tfds
   # One shard at a time: TFDS interleaves shards even without shuffling.
   ds = data.builder("queries").as_dataset(split=split, shuffle_files=False,
@@ -119,6 +145,10 @@ def read_queries(data: PreparedData, split: str) -> QueryTable:
     for k in cols:
       v = rec[k]
       cols[k].append(v.decode("utf-8") if isinstance(v, bytes) else v)
+  return _query_table(cols)
+
+
+def _query_table(cols: dict[str, list]) -> QueryTable:
   return QueryTable(
       desc_id=np.asarray(cols["desc_id"], np.int64), desc=cols["desc"], type=cols["type"],
       vid_name=cols["vid_name"], video_index=np.asarray(cols["video_index"], np.int64),

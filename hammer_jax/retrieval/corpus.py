@@ -6,6 +6,10 @@ query then only pays for its own encoding and the (query, video) pair parts.
 `Corpus.save` writes it whole or not at all (`files.atomic_write_with`) with a
 metadata dict saying what it was computed from, and `Corpus.load` returns both,
 so a saved corpus is the search index (search.py decides when it is stale).
+It holds every video in memory (0.31 MB a video in float32 at the base
+config's shapes): the exhaustive mode's cache. Two-stage retrieval reads its K candidates from a
+`parts_store.StoredCorpus` instead, which has the interface retrieval uses
+(`len`, `video_index`, `duration`, `frame_seconds`, `take`, `positions_of`).
 
 Shapes (V videos, F frames, K clips of M frames, d hidden, n modalities):
   parts["tokens"]: [V, n, K, 1+M, d]; parts["frame_mask"]: [V, F];
@@ -22,6 +26,17 @@ import numpy as np
 
 from hammer_jax import files
 from hammer_jax.retrieval import index_files
+
+
+def positions_of(corpus_video_index: np.ndarray, video_index: np.ndarray) -> np.ndarray:
+  """Positions in a corpus whose videos are `corpus_video_index` ([V]) of split positions `video_index` ([N]).
+
+  -1 where a video is not in the corpus.
+  """
+  corpus_video_index, video_index = np.asarray(corpus_video_index), np.asarray(video_index)
+  lookup = np.full(int(max(corpus_video_index.max(), np.max(video_index, initial=0))) + 1, -1, np.int64)
+  lookup[corpus_video_index] = np.arange(len(corpus_video_index))
+  return lookup[video_index]
 
 
 @dataclasses.dataclass
@@ -46,9 +61,7 @@ class Corpus:
 
   def positions_of(self, video_index: np.ndarray) -> np.ndarray:
     """Corpus positions of split positions `video_index` ([N]; -1 where a video is not in the corpus)."""
-    lookup = np.full(int(max(self.video_index.max(), np.max(video_index))) + 1, -1, np.int64)
-    lookup[self.video_index] = np.arange(len(self))
-    return lookup[np.asarray(video_index)]
+    return positions_of(self.video_index, video_index)
 
   @classmethod
   def concatenate(cls, pieces: list["Corpus"]) -> "Corpus":

@@ -20,7 +20,10 @@ predictions.json and yields nothing.
 
 Retrieval is `exhaustive` (the paper) or `two_stage` (a FAISS index of the
 dual-encoder clip vectors, built from the encoded corpus, picks the candidates
-HAMMER re-scores; `first_stage.py`). Whenever the model has the dual-encoder
+HAMMER re-scores; `first_stage.py`). Two-stage evaluation can instead be handed
+the index and parts store `python -m hammer_jax.index` saved (`saved=`): the
+corpus is then not encoded, and the re-rank reads each query's K candidates
+from the store (the eval binary does this when they are current). Whenever the model has the dual-encoder
 head, the first stage's video recall@K is reported too ("first_stage/recall@K"):
 it is the ceiling of everything two-stage retrieval does after it.
 """
@@ -87,6 +90,31 @@ def nested(pairs) -> dict[str, dict[str, float]]:
   return out
 
 
+def saved_two_stage(workdir: str, config, data, split: str, step: int, params):
+  """(first-stage index, StoredCorpus) that `hammer_jax.index` built for this split and weights, or None (logged)."""
+  from absl import logging
+  from hammer_jax.retrieval import index_files, parts_store
+  from hammer_jax.retrieval.first_stage import FirstStageIndex
+  path = index_files.first_stage_path(workdir, data, split, step)
+  store = index_files.parts_store_path(workdir, data, split, step)
+  if not files.exists(path):
+    return None
+  meta = index_files.index_meta(config, data, split, step, local_params(params))
+  try:
+    index, stored = index_files.load_file(path, FirstStageIndex.load, "first-stage index",
+                                          "rebuild it with python -m hammer_jax.index")
+    index_files.check_meta(path, stored, meta)
+    corpus = parts_store.open_store(store)
+    index_files.check_meta(store, corpus.meta, meta)
+    if (stored["fingerprint"], corpus.meta["fingerprint"]) != (meta["fingerprint"],) * 2:
+      raise index_files.IndexMismatchError(f"{path}: built from something else")
+  except (index_files.IndexMismatchError, index_files.UnreadableIndexError, parts_store.StoreError) as e:
+    logging.warning("eval: not using the saved index (%s); encoding the corpus", e)
+    return None
+  logging.info("eval: two-stage from %s and its parts store (%d videos)", path, len(corpus))
+  return index, corpus
+
+
 class Evaluator:
   """Evaluates `split` of `data` with `scorer`.
 
@@ -98,13 +126,15 @@ class Evaluator:
     analyses: also write Figures 2-3 and 5.
     retrieval: "exhaustive" or "two_stage" (default: config.eval.retrieval).
     candidates: two-stage K (default: config.eval.first_stage_candidates).
+    saved: two-stage only: (first-stage index, `parts_store.StoredCorpus`) of this
+      split under the parameters evaluated, used instead of encoding the corpus.
   """
 
   RECALL_AT = (1, 5, 10, 20, 50, 100)
 
   def __init__(self, scorer: PairScorer, config, data: prepared_data.PreparedData, split: str, *, top_k: int,
                max_queries: int | None = None, analyses: bool = False, retrieval: str | None = None,
-               candidates: int | None = None):
+               candidates: int | None = None, saved: tuple[Any, Any] | None = None):
     from configs.base import ConfigError
     self.scorer, self.config, self.data, self.split = scorer, config, data, split
     self.top_k, self.analyses = top_k, analyses
@@ -117,6 +147,9 @@ class Evaluator:
       raise ConfigError("two-stage retrieval needs the dual-encoder head, which this model was trained without "
                         "(loss.use_dual_encoder=False); train with the `two_stage` variant, or see "
                         "docs/two_stage.md to add the head to a trained checkpoint")
+    if saved is not None and self.retrieval != "two_stage":
+      raise ConfigError("a saved first-stage index and parts store serve two-stage evaluation only")
+    self.saved = saved
     self.spec = input_pipeline.PipelineSpec.from_config(config.data)
     self.info = data.split(split)
     self.queries = prepared_data.read_queries(data, split)  # Once: periodic evaluations reuse them.
@@ -141,9 +174,12 @@ class Evaluator:
 
   def retrieve(self, params) -> Retrieval:
     params = local_params(params)
-    corpus = self.encode_corpus(params)
     two_stage = self.retrieval == "two_stage"
-    index = self.first_stage_index(params, corpus) if two_stage or (self.has_first_stage and self.has_gt) else None
+    if self.saved is not None:
+      index, corpus = self.saved
+    else:
+      corpus = self.encode_corpus(params)
+      index = self.first_stage_index(params, corpus) if two_stage or (self.has_first_stage and self.has_gt) else None
     return retrieve(self.scorer, params, corpus, self.queries.token_ids, top_k=self.top_k,
                     max_query_len=self.spec.max_query_len, query_rows=self.rows,
                     ground_truth=self.queries.video_index if self.has_gt else None,

@@ -1,19 +1,25 @@
 """Where a workdir keeps the indices of a corpus, and what says they are current.
 
-Two files per (corpus, split, checkpoint step), both under the workdir:
+Per (corpus, split, checkpoint step), under the workdir:
 
   W/search_index/<corpus-id>_step<N>.npz  the corpus's cached video-only parts
-                                          (`Corpus`), read by the re-rank stage;
+                                          (`Corpus`), all in memory: the re-rank of
+                                          exhaustive search (and of two-stage search
+                                          without a store);
   W/index/<corpus-id>_step<N>.npz         the first-stage FAISS index
                                           (`first_stage.FirstStageIndex`), built by
-                                          `python -m hammer_jax.index`.
+                                          `python -m hammer_jax.index`;
+  W/index/<corpus-id>_step<N>.store/      beside it, by the same build: every video's
+                                          parts, read K videos a query by the
+                                          two-stage re-rank (`parts_store.py`).
 
 corpus-id = the prepared folder's name, the split and a hash of the folder's
-path. Each file's metadata (`index_meta`) fingerprints what it was computed
+path. Each one's metadata (`index_meta`) fingerprints what it was computed
 from (the prepared data's build arguments and videos, the pipeline shapes, the
 vocabulary and the full bytes of every parameter), so a retrained checkpoint or
 re-prepared data is detected: search rebuilds the parts cache and refuses a
-stale first-stage index with one line naming what changed (`check_meta`).
+stale first-stage index or store with one line naming what changed
+(`check_meta`).
 """
 
 from __future__ import annotations
@@ -99,6 +105,11 @@ def parts_cache_path(workdir: str, data, split: str, step: int) -> str:
 
 def first_stage_path(workdir: str, data, split: str, step: int) -> str:
   return files.join(workdir, "index", f"{corpus_id(data, split)}_step{step}.npz")
+
+
+def parts_store_path(workdir: str, data, split: str, step: int) -> str:
+  """The parts store beside the first-stage index (`parts_store.py`)."""
+  return files.join(workdir, "index", f"{corpus_id(data, split)}_step{step}.store")
 
 
 def index_meta(config, data, split: str, step: int, params) -> dict[str, Any]:

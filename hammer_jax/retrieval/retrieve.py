@@ -19,6 +19,8 @@ Two-stage mode (`first_stage=`, a `first_stage.FirstStageIndex` of the
 dual-encoder clip vectors): step 1 scores only the index's top `candidates`
 videos, each with one HAMMER pass that also localises (so step 2 costs
 nothing more), and p(v|h) is the softmax over those candidates (`_two_stage`).
+The corpus is then read only at those candidates' rows (`corpus.take`), so it
+may be a `parts_store.StoredCorpus` that never holds every video's parts.
 
 Each process handles a contiguous share of the queries and the results are
 gathered, so every process returns the whole list (a multi-host job evaluates

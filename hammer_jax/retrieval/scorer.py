@@ -80,7 +80,7 @@ class PairScorer:
     self._vr_block = jax.jit(self._vr_block_fn)
     self._embed_query = jax.jit(functools.partial(model.apply, method=hammer.Hammer.embed_query))
     self._embed_clips = jax.jit(functools.partial(model.apply, method=hammer.Hammer.embed_clips))
-    self._embed_videos = jax.jit(self._embed_videos_fn)
+    self._embed_videos = jax.jit(self._embed_videos_fn, static_argnames=("with_parts",))
     self._localise = jax.jit(self._localise_fn, static_argnames=("k",))
     self._last_report = 0.0
 
@@ -96,10 +96,11 @@ class PairScorer:
     out = self.model.apply(params, q, v, retrieval_only=True, method=hammer.Hammer.score_pairs)
     return out["vr_score"].reshape(qb, vb)
 
-  def _embed_videos_fn(self, params, video, subtitle, frame_mask):
-    """Clip vectors [B, K, e] and clip mask [B, K] straight from features (the parts stay on device)."""
+  def _embed_videos_fn(self, params, video, subtitle, frame_mask, with_parts: bool = False):
+    """Clip vectors [B, K, e] and clip mask [B, K] straight from features (+ the parts when asked)."""
     parts = self.model.apply(params, video, subtitle, frame_mask, method=hammer.Hammer.encode_video)
-    return self.model.apply(params, parts, method=hammer.Hammer.embed_clips)
+    vectors, mask = self.model.apply(params, parts, method=hammer.Hammer.embed_clips)
+    return (vectors, mask, parts) if with_parts else (vectors, mask)
 
   def _localise_fn(self, params, q_parts, v_parts, k: int):
     """Per pair: the decoded moment, the k best start <= end pairs, the one-level moments (frames)."""
@@ -148,17 +149,20 @@ class PairScorer:
     """Clip vectors [V, K, e] and clip mask [V, K] of a corpus's cached parts."""
     return self._map_rows(lambda p: self._embed_clips(params, p), corpus.parts, len(corpus))
 
-  def embed_video_batches(self, params, video_batches: Iterable[dict[str, np.ndarray]]):
+  def embed_video_batches(self, params, video_batches: Iterable[dict[str, np.ndarray]], *,
+                          with_parts: bool = False):
     """Yields (batch, clip vectors [b, K, e], clip mask [b, K]) of the real rows of each batch.
 
-    For building an index without holding the corpus's parts (index.py); all
-    batches are dispatched before the first result is read, two at a time.
+    For building an index without holding the corpus's parts (index.py): with
+    `with_parts`, each item also has the batch's `encode_video` parts (real rows,
+    on the host) for the parts store. Batches are dispatched two ahead of the
+    one being read.
     """
     put = lambda x: jax.device_put(x, self._sharded)
     pending = []
     for b in video_batches:
       out = self._embed_videos(params, put(b["video"]), put(b["subtitle"]) if "subtitle" in b else None,
-                               put(b["frame_mask"]))
+                               put(b["frame_mask"]), with_parts=with_parts)
       pending.append((b, out))
       if len(pending) > 2:
         yield self._real_rows(*pending.pop(0))
@@ -168,7 +172,17 @@ class PairScorer:
   @staticmethod
   def _real_rows(b, out):
     keep = b["example_mask"] > 0
-    return b, np.asarray(out[0])[keep], np.asarray(out[1])[keep]
+    rows = (b, np.asarray(out[0])[keep], np.asarray(out[1])[keep])
+    return rows + ({k: np.asarray(v)[keep] for k, v in out[2].items()},) if len(out) > 2 else rows
+
+  def video_parts_shapes(self, params, num_frames: int, video_dim: int,
+                         subtitle_dim: int | None) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{part: (per-video shape, dtype name)} of `encode_video` (traced, nothing computed): the store's layout."""
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    sub = f32(1, num_frames, subtitle_dim) if subtitle_dim else None
+    out = jax.eval_shape(self._encode_video, params, f32(1, num_frames, video_dim), sub,
+                         jax.ShapeDtypeStruct((1, num_frames), jnp.int32))
+    return {k: (tuple(int(x) for x in v.shape[1:]), np.dtype(v.dtype).name) for k, v in out.items()}
 
   def _map_rows(self, fn, tree, n: int):
     """fn over `tree`'s rows in blocks of `batch_size` (padded, dispatched together), rows [:n] kept."""

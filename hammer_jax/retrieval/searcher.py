@@ -7,13 +7,17 @@ the index: a moment scores
 p(v|h) * p_start * p_end (Eq. 2) over the whole corpus, one moment per video in
 the top_k videos.
 
-The parts cache is the corpus's video-only parts (`Corpus`), computed once per
-(corpus, split, checkpoint) and saved as `W/search_index/<corpus-id>_step<N>.npz`
-(+ `.json`, human-readable); a stale one is rebuilt. When `python -m
-hammer_jax.index` has built a first-stage index for the same corpus and
-checkpoint (`W/index/`), search is two-stage: the index's top K videos are
-re-scored instead of every video; a stale first-stage index is refused
-(index_files.py).
+When `python -m hammer_jax.index` has built a first-stage index for the same
+corpus and checkpoint (`W/index/`), search is two-stage: the index's top K
+videos are re-scored instead of every video, their video-only parts read from
+the parts store beside the index (`parts_store.StoredCorpus`: K videos a query,
+the corpus is never held in memory). A stale first-stage index or store is
+refused in one line (index_files.py). Exhaustive search, and two-stage search
+over an index built without a store (`--store=false`, or by an older version;
+a notice says so), use the parts cache: every video's parts (`Corpus`) in
+memory, computed once per (corpus, split, checkpoint) and saved as
+`W/search_index/<corpus-id>_step<N>.npz` (+ `.json`, human-readable); a stale
+one is rebuilt.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 
 from hammer_jax import files
 from hammer_jax.errors import HammerError
-from hammer_jax.retrieval import index_files
+from hammer_jax.retrieval import index_files, parts_store
 from hammer_jax.retrieval.corpus import Corpus
 from hammer_jax.retrieval.first_stage import FirstStageIndex
 
@@ -87,7 +91,10 @@ class CorpusSearcher:
   retrieval: "auto" (two-stage when `hammer_jax.index` has built a first-stage
   index for this corpus and checkpoint, else exhaustive), "exhaustive" or
   "two_stage" (an error without a current index); candidates: two-stage K
-  (default config.eval.first_stage_candidates).
+  (default config.eval.first_stage_candidates). `corpus` is what the re-rank
+  reads: the index's parts store (index_status "store") in two-stage mode when
+  it has one, else the parts cache ("loaded" or "built"; rebuild_index and
+  require_index concern the parts cache).
   """
 
   def __init__(self, workdir: str, *, config, model_data, model, params, step: int, tokenizer,
@@ -115,7 +122,10 @@ class CorpusSearcher:
     meta = self._index_meta()  # Hashes every parameter: once, for both indices.
     # The first stage first: a refused one is known before a parts cache is built for nothing.
     self.first_stage, self.retrieval = self._load_first_stage(meta, retrieval)
-    self.corpus, self.index_status = self._load_or_build_index(meta, rebuild_index, require_index)
+    self.corpus = self._open_store(meta) if self.retrieval == "two_stage" else None
+    self.index_status = "store"
+    if self.corpus is None:
+      self.corpus, self.index_status = self._load_or_build_index(meta, rebuild_index, require_index)
     self.candidates = int(candidates or self.config.eval.first_stage_candidates)
     self.video_names = [info["video_names"][i] for i in self.corpus.video_index]
     self.last_notices: list[str] = []  # of the latest search: see `notices`
@@ -192,6 +202,30 @@ class CorpusSearcher:
     except index_files.IndexMismatchError as e:
       raise SearchError(str(e)) from None
     return index, "two_stage"
+
+  def _open_store(self, meta: dict[str, Any]) -> parts_store.StoredCorpus | None:
+    """The parts store beside the first-stage index, or None (logged) when there is none to use."""
+    from absl import logging
+    path = index_files.parts_store_path(self.workdir, self.data, self.split, self.step)
+    stamp = parts_store.read_stamp(path)
+    if stamp is None:
+      why = ("has no store.json: its build did not finish" if files.exists(path) else
+             "is missing: the index was built with --store=false or by an older version")
+      logging.warning("index: the parts store %s %s; the re-rank holds the corpus's parts in memory instead "
+                      "(python -m hammer_jax.index --workdir=%s builds the store)", path, why, self.workdir)
+      return None
+    try:
+      index_files.check_meta(path, stamp, meta)
+      if stamp.get("fingerprint") != meta["fingerprint"]:  # anything else check_meta does not name
+        raise index_files.IndexMismatchError(f"{path}: built from something else (fingerprint); rebuild it with "
+                                             "python -m hammer_jax.index")
+      corpus = parts_store.open_store(path)
+    except (index_files.IndexMismatchError, index_files.UnreadableIndexError, parts_store.StoreError) as e:
+      raise SearchError(f"{e} (--workdir={self.workdir}, same corpus flags), or search with "
+                        "--retrieval=exhaustive") from None
+    logging.info("index: two-stage re-rank reads %s (%d videos, %.1f kB a video)", path, len(corpus),
+                 corpus.layout.bytes_per_video() / 1e3)
+    return corpus
 
   def _load_or_build_index(self, meta: dict[str, Any], rebuild: bool, require: bool) -> tuple[Corpus, str]:
     from absl import logging

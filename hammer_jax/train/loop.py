@@ -36,7 +36,11 @@ class NonFiniteLossError(HammerError, FloatingPointError):
 
 
 def check_data_fits(data: prepared_data.PreparedData, config) -> None:
-  """Refuses data tokenised with another vocabulary than the model's text checkpoint."""
+  """Refuses data tokenised with another vocabulary than the model's text checkpoint, or without queries."""
+  if not data.has_queries:
+    raise prepared_data.PreparedDataError(
+        f"{data.path}: a corpus without queries (data_prep.corpus) cannot be trained on; search it with a trained "
+        "model (docs/own_videos.md)")
   checkpoint = config.model.text_checkpoint
   if checkpoint:
     data.check_vocabulary(pretrained.vocab_fingerprint(checkpoint), checkpoint)

@@ -3,11 +3,18 @@
 Put this folder on PYTHONPATH and set MOCK_BUCKET_ROOT: every process then
 registers the `mockgs://` scheme with etils.epath (the way epath registers
 `gs://`), so hammer_jax.files handles `mockgs://bucket/x` like a bucket (no
-renames, whole uploads) while its objects live under MOCK_BUCKET_ROOT/bucket/x,
-and libraries that open paths themselves get the local folder from
-`files.native`. A Python audit hook makes any `open` or `os` call that receives
-a `mockgs://` string fail: only code that goes through hammer_jax.files can use
-such a path, which is what the cloud-storage test proves.
+renames, whole uploads) while its objects live under MOCK_BUCKET_ROOT/bucket/x.
+
+The local folder is never handed out: `files.native` gives libraries the
+`mockgs://` URI, as it gives them `gs://` ones. The libraries a job hands paths
+to get the stand-in of their own bucket client, and only they: TF's file
+system for tf.data / TFDS record readers and TensorBoard writers (the readers'
+file names are mapped inside the graph, as TF's GCS plugin maps `gs://`), and
+TensorStore for Orbax and the parts store (a `file` key-value store where they
+would use the `gcs` driver). A Python audit hook makes any `open` or `os` call
+that receives a `mockgs://` string fail, and `os.path` sees no such file: code
+that treats a job path as a local one (`open`, `np.save`, `h5py`, `os.path`)
+fails here as it would on `gs://`.
 """
 
 import os
@@ -40,6 +47,74 @@ def _register():
 
   import hammer_jax.files as files
   files.REMOTE_PREFIXES = files.REMOTE_PREFIXES + (SCHEME,)
+  kvstore = files.tensorstore_kvstore
+
+  def tensorstore_kvstore(p):  # TensorStore's gcs driver, served from the folder
+    return kvstore(local(p)) if str(p).startswith(SCHEME) else kvstore(p)
+
+  files.tensorstore_kvstore = tensorstore_kvstore
+
+
+def local(uri: str) -> str:
+  return os.path.join(ROOT, str(uri)[len(SCHEME):])
+
+
+class _LazyPatches:
+  """Patches a library's bucket client right after (if ever) the process imports it."""
+
+  def find_spec(self, name, path=None, target=None):  # pylint: disable=unused-argument
+    if name not in _PATCHES or name in _DONE:
+      return None
+    import importlib.machinery  # A spec may be asked for without importing (importlib.util.find_spec)
+    spec = importlib.machinery.PathFinder.find_spec(name, path)
+    if spec is None or spec.loader is None:
+      return None
+    exec_module = spec.loader.exec_module
+
+    def exec_and_patch(module):
+      exec_module(module)
+      _DONE.add(name)
+      _PATCHES[name](module)
+
+    spec.loader.exec_module = exec_and_patch
+    return spec
+
+
+def _patch_tensorflow(tf_module):
+  del tf_module
+  import tensorflow as tf
+  pattern, root = "^" + SCHEME.replace("/", "\\/"), ROOT.rstrip("/") + "/"
+
+  def mapped(names):
+    if isinstance(names, str):
+      return local(names) if names.startswith(SCHEME) else names
+    if isinstance(names, (list, tuple)):
+      return [mapped(n) for n in names]
+    if isinstance(names, tf.data.Dataset):
+      return names.map(lambda n: tf.strings.regex_replace(n, pattern, root))
+    return tf.strings.regex_replace(names, pattern, root)
+
+  base = tf.data.TFRecordDataset
+
+  class TFRecordDataset(base):  # pylint: disable=missing-class-docstring
+    def __init__(self, filenames, *args, **kwargs):
+      super().__init__(mapped(filenames), *args, **kwargs)
+
+  tf.data.TFRecordDataset = TFRecordDataset
+  create = tf.summary.create_file_writer
+  tf.summary.create_file_writer = lambda logdir, *a, **k: create(mapped(logdir), *a, **k)
+
+
+def _patch_orbax(module):
+  del module
+  from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
+  normalize, use_gcs = ts_utils._normalize_path, ts_utils._use_gcs_driver  # pylint: disable=protected-access
+  ts_utils._normalize_path = lambda p: local(p) if str(p).startswith(SCHEME) else normalize(p)
+  ts_utils._use_gcs_driver = use_gcs
+
+
+_PATCHES = {"tensorflow": _patch_tensorflow, "orbax.checkpoint": _patch_orbax}
+_DONE: set = set()
 
 
 def _audit(event, args):
@@ -54,3 +129,4 @@ if ROOT:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
   _register()
   sys.addaudithook(_audit)
+  sys.meta_path.insert(0, _LazyPatches())
