@@ -74,7 +74,7 @@ def open_corpus(config, model_data, prepared_dir: str | None, split: str | None)
   data = model_data if prepared_dir is None else prepared_data.open_prepared(prepared_dir)
   # The model's token-id space is the one its training data was tokenised with.
   data.check_vocabulary(model_data.manifest["vocab_sha256"], model_data.manifest.get("text_checkpoint", ""))
-  data.check_feature_dims(model_data.video_dim, model_data.subtitle_dim)
+  data.check_feature_dims(model_data.video_dim, model_data.subtitle_dim, model=f"the model trained on {model_data.path}")
   if split is None:
     split = config.data.eval_split
     if prepared_dir is not None and split not in data.manifest["splits"] and len(data.manifest["splits"]) == 1:

@@ -172,7 +172,10 @@ def _two_stage(scorer, params, q_parts, corpus, first_stage, candidates: int, n_
   cand = fs_pos[:, :candidates]
   valid = cand >= 0
   cand_safe = np.where(valid, cand, 0)
-  loc = scorer.localise(params, q_parts, corpus, np.repeat(np.arange(q), candidates), cand_safe.reshape(-1), k=1)
+  # At least one query's candidates per program: a single query (search) reads its K candidates' parts in one
+  # store read and scores them in one device call, not K calls of one row.
+  loc = scorer.localise(params, q_parts, corpus, np.repeat(np.arange(q), candidates), cand_safe.reshape(-1), k=1,
+                        batch_size=max(scorer.batch_size, candidates))
   f = np.where(valid, loc["vr_score"].reshape(q, candidates), -np.inf)
   by_position = np.argsort(np.where(valid, cand, np.iinfo(np.int64).max), axis=1, kind="stable")
   rerank = np.take_along_axis(by_position, np.argsort(-np.take_along_axis(f, by_position, 1), axis=1,

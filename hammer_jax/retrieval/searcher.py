@@ -112,10 +112,13 @@ class CorpusSearcher:
       raise SearchError(f"{data.path}: split '{split}' has no videos")
     self.tokenizer = tokenizer
     self.subtitles = None
+    # A corpus prepared with its subtitle lines (data_prep.corpus --subtitles) shows them unless told otherwise.
+    if not subtitles and data.manifest.get("subtitle_lines"):
+      subtitles = files.join(data.path, data.manifest["subtitle_lines"])
     if subtitles:
-      if data.source != "tvr":
+      if data.source not in ("tvr", "corpus"):
         raise SearchError(f"--subtitles: {data.path} is a {data.source} corpus; subtitle lines are read for "
-                          "TVR-layout corpora only")
+                          "TVR-layout corpora and data_prep.corpus corpora only")
       self.subtitles = read_subtitles(subtitles)
     # One query: programs of one row per device (localisation) and of VR_PAIRS_PER_CALL pairs (VR).
     self.scorer = PairScorer(self.model, batch_size=1, decoding=self.config.model.decoding)
