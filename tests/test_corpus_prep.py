@@ -324,3 +324,40 @@ def test_a_trained_model_indexes_and_searches_the_corpus(trained_workdir, synthe
   moments = searcher.search("a man opens the door", 2)
   assert len(moments) == 2 and {m.vid_name for m in moments} <= set(NAMES)
   assert all(0 <= m.st <= m.ed <= ROWS[m.vid_name] * 1.5 + 1e-6 for m in moments)
+
+
+def test_the_documented_commands_run_from_feature_files_to_search(trained_workdir, tmp_path):
+  """docs/own_videos.md's commands, as written, on feature files at the session model's widths.
+
+  `runs/tvr` is a copy of the session's trained model; the one change is the
+  documented `--subtitle_dim=768` (a TVR model's) made that model's width.
+  The page (`hammer_jax.app`) has its own tests (tests/test_app.py).
+  """
+  import json
+  import doc_commands as dc
+  env = dc.scratch_repo(tmp_path)
+  _write(tmp_path / "my_videos" / "features", "npy", {n: _video(n) for n in NAMES})
+  subs = tmp_path / "my_videos" / "subtitles"
+  subs.mkdir()
+  for n in NAMES:
+    (subs / f"{n}.srt").write_text(f"1\n00:00:00,500 --> 00:00:03,000\nthe words of {n}\n")
+  os.makedirs(tmp_path / "runs")
+  shutil.copytree(trained_workdir, tmp_path / "runs" / "tvr", ignore=shutil.ignore_patterns("index", "eval"))
+  every = [c.argv for c in dc.commands("docs/own_videos.md") if c.argv[:1] == ("python",)]
+  widths = next(a for a in every if a[1] == "-c")  # the one-liner that prints a model's widths
+  printed, _ = dc.run_as_written(widths, tmp_path, env)
+  assert printed.split()[:4] == ["video_dim", str(VIDEO_DIM), "subtitle_dim", str(SUB_DIM)], printed
+  documented = [a for a in every if a[1] == "-m"]
+  modules = [a[2] for a in documented]
+  assert modules[:3] == ["data_prep.corpus", "hammer_jax.index", "hammer_jax.search"], modules
+  prepare = [f"--subtitle_dim={SUB_DIM}" if a == "--subtitle_dim=768" else a for a in documented[0]]
+  assert prepare != list(documented[0])
+  dc.run_as_written(prepare, tmp_path, env)
+  manifest = json.load(open(tmp_path / "data" / "my_corpus" / "prepared.json"))
+  assert manifest["splits"]["corpus"]["num_videos"] == len(NAMES) and manifest["subtitle_lines"]
+  dc.run_as_written(documented[1], tmp_path, env)
+  assert [p for p in os.listdir(tmp_path / "runs" / "tvr" / "index") if p.endswith(".store")]
+  printed, _ = dc.run_as_written(list(documented[2]) + ["--json"], tmp_path, env)
+  moments = json.loads(printed[printed.index("["):])
+  assert moments and {m["vid_name"] for m in moments} <= set(NAMES)
+  assert all("subtitles" in m for m in moments)  # the corpus's subtitle lines, shown without a flag
