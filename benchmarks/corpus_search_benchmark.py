@@ -27,6 +27,8 @@ disk).
 
   python benchmarks/corpus_search_benchmark.py --workdir=/tmp/cs/model --out_dir=/tmp/cs \
       --sizes=10000,100000 --queries=200 --http
+  python benchmarks/corpus_search_benchmark.py --workdir=/tmp/cs/model --out_dir=/tmp/cs \
+      --queries=100 --latency_only=/tmp/cs/n100000/corpus100000
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def parse_args(argv=None):
   p.add_argument("--candidates", type=int, default=20)
   p.add_argument("--http", action="store_true", help="also measure the web page's HTTP API")
   p.add_argument("--port", type=int, default=7931)
-  p.add_argument("--latency_only", default="", help=argparse.SUPPRESS)  # internal: the fresh search process
+  p.add_argument("--latency_only", default="", metavar="PREPARED_DIR",
+                 help="only step 4 (search latency, one JSON line) on this prepared corpus, already indexed")
   return p.parse_args(argv)
 
 

@@ -22,6 +22,20 @@ if REPO_ROOT not in sys.path:
 
 import pytest  # noqa: E402
 
+# The modules that take longest, longest first. pytest-xdist hands modules to its workers in collection order
+# (pytest.ini: --dist loadscope --no-loadscope-reorder; the default reorder would send the modules with the
+# most tests first and these, which have few, last), and a run ends when its last long module does: so they
+# start first, the demo's learning run and the real-language run on different workers.
+LONGEST_FIRST = ("test_learning.py", "test_learning_real_language.py", "test_train.py", "test_multihost_jobs.py",
+                 "test_demo.py", "test_cloud_storage.py", "test_portable_workdir.py", "test_two_stage.py",
+                 "test_binary_errors.py", "test_search.py", "test_eval.py", "test_docs.py", "test_corpus_prep.py",
+                 "test_parts_store.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module stays in one piece
+
 
 @pytest.fixture(scope="session")
 def synthetic_prepared(tmp_path_factory):

@@ -4,8 +4,8 @@ The settings under test are the `recommended` variant's (rates, hard negatives,
 dual encoder, loss balance); the shapes are a suite's: 64 feature rows in clips
 of 16 (as the benchmark's CPU budget), a two-layer 64-wide BERT trained from
 scratch at 1e-3 (its word embeddings are the only word knowledge it has, as the
-linear reference's bag of words), batch 16. tests/test_learning.py passes the
-prepared folder and the step count on the command line.
+linear reference's bag of words), batch 16. tests/test_learning_real_language.py
+passes the prepared folder and the step count on the command line.
 """
 
 from configs import tvr
