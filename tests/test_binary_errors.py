@@ -130,13 +130,17 @@ def test_a_truncated_config_json(binary, trained_workdir, tmp_path):
 
 @pytest.fixture(scope="module")
 def indexed(trained_workdir, tmp_path_factory):
-  """A copy of the trained workdir with a first-stage index and a search cache."""
+  """A copy of the trained workdir with a first-stage index (+ parts store) and a search cache.
+
+  Two-stage search reads the store; the in-memory parts cache is exhaustive search's.
+  """
   from hammer_jax import index
   from hammer_jax.search import MomentSearcher
   workdir = str(_copy(trained_workdir, tmp_path_factory.mktemp("indexed")))
   first_stage = index.build_index(workdir, progress=False)
-  searcher = MomentSearcher(workdir)
-  assert searcher.retrieval == "two_stage"
+  assert MomentSearcher(workdir).retrieval == "two_stage"
+  searcher = MomentSearcher(workdir, retrieval="exhaustive")
+  assert os.path.exists(searcher.index_path())
   return workdir, first_stage, searcher.index_path()
 
 
@@ -157,9 +161,10 @@ def test_a_truncated_first_stage_index(indexed, tmp_path):
 def test_a_truncated_search_cache_is_rebuilt_or_refused_in_one_line(indexed):
   workdir, _, cache = indexed
   _truncate(cache)
-  code, _, err = _run("search", f"--workdir={workdir}", "--query=a man walks", "--require_index")
+  exhaustive = "--retrieval=exhaustive"
+  code, _, err = _run("search", f"--workdir={workdir}", "--query=a man walks", "--require_index", exhaustive)
   _one_error_line(code, err, cache, "unreadable", "without --require_index")
-  code, out, err = _run("search", f"--workdir={workdir}", "--query=a man walks")
+  code, out, err = _run("search", f"--workdir={workdir}", "--query=a man walks", exhaustive)
   assert code == 0 and "query: a man walks" in out, err[-3000:]
   assert "index: built" in err and "reason: unreadable (BadZipFile" in err
 
