@@ -212,12 +212,13 @@ def run_size(args, n: int, width: int, subtitle_dim: int, max_frames: int, step:
                                    f"--queries={args.queries}", f"--candidates={args.candidates}",
                                    f"--latency_only={prepared}"], capture_output=True, text=True, cwd=ROOT,
                                   check=True).stdout.strip().splitlines()[-1])
+  store_bytes = _du(store)
   out = {"videos": n, "feature_files": made, "prepare": {k: v for k, v in prep.items() if k != "stdout"},
          "prepared_bytes": _du(prepared),
          "index": {k: v for k, v in index.items() if k != "stdout"},
          "index_videos_per_s": round(n / index["seconds"], 1),
-         "faiss_bytes": os.path.getsize(faiss_file), "store_bytes": _du(store),
-         "store_bytes_per_video": round(_du(store) / n), "search": lat}
+         "faiss_bytes": os.path.getsize(faiss_file), "store_bytes": store_bytes,
+         "store_bytes_per_video": round(store_bytes / n), "search": lat}
   if args.http:
     out["http"] = http_latency(args, prepared)
   return out

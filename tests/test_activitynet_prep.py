@@ -27,11 +27,7 @@ NPY_EVERY = 10  # The .npy-folder variant holds every 10th video (the rest are d
 def _require_val_1() -> None:
   """These tests need the real file (../shared): skipped where it is absent, but a failure on CI
   (CI=true), where a missing file must not pass as a green run."""
-  if os.path.exists(VAL_1):
-    return
-  if os.environ.get("CI") == "true":
-    pytest.fail(f"CI=true and {VAL_1} is missing: these tests need the shared ActivityNet annotations")
-  pytest.skip(f"{VAL_1} not available")
+  dh.require(os.path.exists(VAL_1), f"{VAL_1} is missing: these tests need the shared ActivityNet annotations")
 
 
 def _rows(duration: float) -> int:

@@ -20,6 +20,8 @@ import urllib.request
 
 import pytest
 
+import helpers
+
 from helpers import REPO_ROOT
 from hammer_jax import app
 from hammer_jax.data import prepared_data
@@ -36,10 +38,7 @@ pytestmark = pytest.mark.xdist_group("app")
 
 def _need(ok: bool, what: str) -> None:
   """Skips without `what`, but on CI (CI=true) a missing browser or package fails the run."""
-  if not ok:
-    if os.environ.get("CI") == "true":
-      pytest.fail(f"CI=true and {what}")
-    pytest.skip(what)
+  helpers.require(ok, what)
 
 
 def _free_port() -> int:

@@ -47,6 +47,8 @@ import time
 import numpy as np
 import pytest
 
+import helpers
+
 import doc_commands as dc
 from helpers import SHARED_DIR
 
@@ -190,10 +192,6 @@ ANET_MAX_ROWS = 128
 GB = 1e9
 
 
-def _in_ci() -> bool:
-  return os.environ.get("CI", "").strip().lower() in ("true", "1")
-
-
 def _needs_shared(path: str, what: str):
   """Runs the test when `path` exists; without it the test skips, and fails under CI=true.
 
@@ -203,11 +201,7 @@ def _needs_shared(path: str, what: str):
   def decorate(test):
     @functools.wraps(test)
     def guarded(*args, **kwargs):
-      if not os.path.exists(path):
-        message = f"{what} not available (no {os.path.relpath(path, dc.ROOT)})"
-        if _in_ci():
-          pytest.fail(f"{message}; CI=true, where this test must run instead of skipping")
-        pytest.skip(message)
+      helpers.require(os.path.exists(path), f"{what} not available (no {os.path.relpath(path, dc.ROOT)})")
       return test(*args, **kwargs)
     return guarded
   return decorate
@@ -756,8 +750,7 @@ def test_data_format_md_draws_the_folders_data_prep_writes(synthetic_prepared):
 
 def test_benchmarks_md_sections_name_the_commit_that_added_their_figures():
   """Each section's *Recorded* commit added lines that the section still holds (where git history is at hand)."""
-  if not os.path.isdir(os.path.join(dc.ROOT, ".git")):
-    pytest.skip("no git history (not a checkout)")
+  helpers.require(os.path.isdir(os.path.join(dc.ROOT, ".git")), "no git history (not a checkout)")
   text = dc.read_doc("BENCHMARKS.md")
   sections = re.split(r"^## ", text, flags=re.M)[1:]
   assert len(sections) >= 8

@@ -16,6 +16,8 @@ import sys
 import numpy as np
 import pytest
 
+import helpers
+
 from helpers import REPO_ROOT, SHARED_DIR
 from helpers import read_scalars
 
@@ -38,10 +40,7 @@ def real_language_run(tmp_path_factory):
   `recommended` variant, a small text model trained from scratch), ending with
   its final evaluation of the val split.
   """
-  if not os.path.exists(REAL_TVR):
-    if os.environ.get("CI") == "true":
-      pytest.fail(f"{REAL_TVR} is missing: CI must run the real-language learning test")
-    pytest.skip(f"{REAL_TVR} not available")
+  helpers.require(os.path.exists(REAL_TVR), f"{REAL_TVR} is missing (the real-language learning test reads it)")
   from benchmarks import linear_reference
   from data_prep import real_text_corpus, tvr
   from hammer_jax.data import input_pipeline, prepared_data

@@ -108,9 +108,8 @@ def _patch_tensorflow(tf_module):
 def _patch_orbax(module):
   del module
   from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
-  normalize, use_gcs = ts_utils._normalize_path, ts_utils._use_gcs_driver  # pylint: disable=protected-access
+  normalize = ts_utils._normalize_path  # pylint: disable=protected-access
   ts_utils._normalize_path = lambda p: local(p) if str(p).startswith(SCHEME) else normalize(p)
-  ts_utils._use_gcs_driver = use_gcs
 
 
 _PATCHES = {"tensorflow": _patch_tensorflow, "orbax.checkpoint": _patch_orbax}
