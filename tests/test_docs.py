@@ -750,7 +750,8 @@ def test_data_format_md_draws_the_folders_data_prep_writes(synthetic_prepared):
 
 def test_benchmarks_md_sections_name_the_commit_that_added_their_figures():
   """Each section's *Recorded* commit added lines that the section still holds (where git history is at hand)."""
-  helpers.require(os.path.isdir(os.path.join(dc.ROOT, ".git")), "no git history (not a checkout)")
+  if not os.path.isdir(os.path.join(dc.ROOT, ".git")):
+    pytest.skip("no git history (not a checkout)")
   text = dc.read_doc("BENCHMARKS.md")
   sections = re.split(r"^## ", text, flags=re.M)[1:]
   assert len(sections) >= 8
