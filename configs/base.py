@@ -101,6 +101,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.decay_factors = (0.1, 0.01)      # ... to these multiples of the max LR
   c.optim.new_layer_lr_multiplier = 1.0  # rate of layers trained from scratch / lr (1 = paper)
   c.optim.dual_encoder_lr_multiplier = 1.0  # the dual-encoder head's rate / the new layers' (not in the paper)
+  c.optim.word_embedding_lr_multiplier = 1.0  # the word-embedding table's rate / lr (not in the paper)
   c.optim.grad_clip_norm = 0.0        # 0 = off
   c.optim.weight_decay = 0.0          # 0 = plain Adam as the paper
   # "adam" (the paper) | "sgd": plain SGD, for tests that compare runs element by element (Adam

@@ -27,7 +27,7 @@ import pytest  # noqa: E402
 # most tests first and these, which have few, last), and a run ends when its last long module does: so they
 # start first, the demo's learning run and the real-language run on different workers.
 LONGEST_FIRST = ("test_learning.py", "test_learning_real_language.py", "test_train.py", "test_multihost_jobs.py",
-                 "test_demo.py", "test_cloud_storage.py", "test_portable_workdir.py", "test_two_stage.py",
+                 "test_cloud_storage.py", "test_portable_workdir.py", "test_two_stage.py",
                  "test_binary_errors.py", "test_search.py", "test_eval.py", "test_docs.py", "test_corpus_prep.py",
                  "test_parts_store.py")
 

@@ -250,14 +250,19 @@ def scratch_repo(tmp_path) -> dict[str, str]:
   """
   for name in ("configs", "data_prep", "hammer_jax", "benchmarks"):
     os.symlink(os.path.join(ROOT, name), os.path.join(tmp_path, name))
+  return scratch_env()
+
+
+def scratch_env() -> dict[str, str]:
+  """The environment documented commands run with: this repository on PYTHONPATH, one CPU device."""
   return dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1",
               TF_CPP_MIN_LOG_LEVEL="3")
 
 
-def run_as_written(argv, cwd, env) -> tuple[str, str]:
+def run_as_written(argv, cwd, env, timeout: float = 900) -> tuple[str, str]:
   """Runs a documented python command with this interpreter; (stdout, stderr), failing on a non-zero exit."""
   result = subprocess.run([sys.executable, *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=timeout)
   assert result.returncode == 0, f"{shlex.join(argv)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
   return result.stdout, result.stderr
 

@@ -243,7 +243,16 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
         writer.write_scalars(step, last)
         logging.info("%s", diagnostics.format_step_line(step, total, last, config))
         t0, steps_in_window = time.time(), 0
-      if save_due or stopped:
+      if stopped:
+        # Committed before the line says so: a preempted VM is killed about 30 s after SIGTERM, so the
+        # save waits here rather than in the teardown, and no evaluation runs first.
+        saving = time.time()
+        ckpt.save(step, state, force=True)
+        ckpt.wait()
+        logging.warning("Preempted: checkpoint saved at step %d (committed in %.1f s); exiting",
+                        step, time.time() - saving)
+        break
+      if save_due:
         ckpt.save(step, state, force=True)
       if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total):
         val = validation_loss(eval_loss, state.params, data, config, spec, mesh,
@@ -255,9 +264,6 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
                                                 max_queries=config.eval.max_queries_during_training,
                                                 analyses=False)
           evaluate(periodic, state.params, writer, step, workdirs.eval_dir(workdir, "periodic", step), "eval")
-      if stopped:
-        logging.warning("Preempted: checkpoint saved at step %d; exiting", step)
-        break
     if config.eval.final_eval and step == total and not stopped:
       final = make_evaluator(model, config, data, max_queries=None, analyses=True)
       out_dir = workdirs.eval_dir(workdir, config.data.eval_split, step)

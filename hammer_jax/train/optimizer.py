@@ -11,6 +11,10 @@ the pretrained BERT. `dual_encoder_lr_multiplier` scales the dual-encoder head's
 rate further (not in the paper; the head is two projections, shallow enough for a
 rate that would collapse the deep cross-modal stack). Every config keeps it at 1.0: raising it is what made video
 retrieval collapse in an earlier demo (docs/training_dynamics.md).
+`word_embedding_lr_multiplier` scales the pretrained word-embedding table's rate
+(not in the paper; an experiment of docs/training_dynamics.md: a word seen a few
+times in training moves its row a few Adam steps, at the pretrained rate too
+little to carry what the word means in the videos).
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from hammer_jax.model.build import is_pretrained_path
 
 
 def parameter_groups(params: Any) -> Any:
-  """Tree like `params` of "pretrained" | "dual_encoder" | "new" labels (see the module docstring)."""
+  """Tree like `params` of "word_embeddings" | "pretrained" | "dual_encoder" | "new" labels (module docstring)."""
   def label(path, _):
     keys = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
+    if keys[:2] == ["embeddings", "word_embeddings"]:
+      return "word_embeddings"
     if is_pretrained_path(keys):
       return "pretrained"
     return "dual_encoder" if "dual_encoder" in keys[:2] else "new"
@@ -69,10 +75,12 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
     parts.append(optax.adam(schedule))
   new = float(optim_config.new_layer_lr_multiplier)
   head = new * float(optim_config.get("dual_encoder_lr_multiplier", 1.0))
-  if new != 1.0 or head != 1.0:
+  words = float(optim_config.get("word_embedding_lr_multiplier", 1.0))
+  if new != 1.0 or head != 1.0 or words != 1.0:
     # Scaling Adam's update is scaling the rate (weight decay included) for that group.
     parts.append(optax.multi_transform({"pretrained": optax.identity(), "new": optax.scale(new),
-                                        "dual_encoder": optax.scale(head)}, parameter_groups))
+                                        "dual_encoder": optax.scale(head), "word_embeddings": optax.scale(words)},
+                                       parameter_groups))
   tx = optax.chain(*parts)
   if optim_config.get("train_only"):
     # Frozen parameters get a zero update (and no Adam state worth keeping).
