@@ -4,10 +4,10 @@
 process holds every leaf whole (data-parallel training replicates parameters).
 This measures why, side by side in one process: each variant saves the same
 state `--saves` times into its own folder, every save timed to its commit
-(`wait_until_finished`), with the model of `--config` on `--devices` devices
+(`wait_until_finished`), with the model of `configs/demo.py:<--variant>` on `--devices` devices
 (fake CPU devices on a CPU host, as the tests use).
 
-  python benchmarks/checkpoint_save_benchmark.py --config=tiny --devices=8 --saves=3
+  python benchmarks/checkpoint_save_benchmark.py --variant=tiny --devices=8 --saves=3
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", default="tiny", help="configs/demo.py variant ('tiny' or '' for the demo model)")
+  p.add_argument("--variant", default="tiny", help="configs/demo.py variant ('tiny', or '' for the demo model)")
   p.add_argument("--devices", type=int, default=8, help="CPU devices to replicate the state over")
   p.add_argument("--saves", type=int, default=3, help="timed saves per variant")
   p.add_argument("--video_dim", type=int, default=16)
@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
   from hammer_jax.train import checkpointing
   from hammer_jax.train import state as ts
 
-  config = demo.get_config(args.config)
+  config = demo.get_config(args.variant)
   training = ts.setup_training(config, args.video_dim, args.subtitle_dim)
   state = jax.jit(training.init, out_shardings=training.shardings)(jax.random.key(0))
   leaves = jax.tree_util.tree_leaves(state)

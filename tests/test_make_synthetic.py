@@ -34,18 +34,15 @@ def _h5(path):
 def corpus(tmp_path_factory):
   """The default corpus (300/60/60 videos), generated once."""
   out = str(tmp_path_factory.mktemp("default"))
-  t0 = time.time()
   summary = ms.make_synthetic_corpus(out, verbose=False)
-  seconds = time.time() - t0
-  return {"dir": out, "summary": summary, "seconds": seconds,
+  return {"dir": out, "summary": summary,
           "video": _h5(os.path.join(out, ms.VIDEO_H5)), "sub": _h5(os.path.join(out, ms.SUB_H5)),
           "v2d": json.load(open(os.path.join(out, ms.VIDEO2DUR))),
           **{s: _jsonl(os.path.join(out, ms.JSONL[s])) for s in ms.SPLITS},
           "answers": _jsonl(os.path.join(out, ms.ANSWERS))}
 
 
-def test_generation_is_fast_and_summary_counts(corpus):
-  assert corpus["seconds"] < 20, corpus["seconds"]  # Typically ~1 s; CPUs are shared.
+def test_the_summary_counts_what_was_generated(corpus):
   sp = corpus["summary"]["splits"]
   assert [sp[s]["videos"] for s in ms.SPLITS] == [300, 60, 60]
   assert [sp[s]["queries"] for s in ms.SPLITS] == [1500, 300, 300]

@@ -38,21 +38,27 @@ def test_schedule_matches_the_paper():
   assert float(lr(999)) == pytest.approx(2e-6, rel=1e-5)
 
 
-def test_new_layer_lr_multiplier_scales_only_the_layers_trained_from_scratch():
+def _update_sizes(params, name: str, values) -> dict[float, dict]:
+  """value -> |first element| of each parameter's third update by configs/tvr.py's optimizer with
+  `optim.<name>` = value (every gradient is ones)."""
   c = tvr.get_config()
   c.optim.num_steps, c.optim.warmup_fraction = 10, 0.1
-  params = {"embeddings": {"w": jnp.ones(3)}, "mlm_head": {"b": jnp.ones(3)},
-            "clip_encoder": {"text_branch": {"k": jnp.ones(3)}, "video_branch_visual": {"k": jnp.ones(3)}},
-            "vr_head": {"kernel": jnp.ones(3)}}
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
-  steps = {}
-  for multiplier in (1.0, 10.0):
-    c.optim.new_layer_lr_multiplier = multiplier
+  sizes = {}
+  for value in values:
+    c.optim[name] = value
     tx = optimizer.make_optimizer(c.optim)
     state = tx.init(params)
     for _ in range(3):  # Past step 0, where the warm-up rate is 0.
       updates, state = tx.update(grads, state, params)
-    steps[multiplier] = jax.tree_util.tree_map(lambda u: float(jnp.abs(u[0])), updates)
+    sizes[value] = jax.tree_util.tree_map(lambda u: float(jnp.abs(u[0])), updates)
+  return sizes
+
+
+def test_new_layer_lr_multiplier_scales_only_the_layers_trained_from_scratch():
+  steps = _update_sizes({"embeddings": {"w": jnp.ones(3)}, "mlm_head": {"b": jnp.ones(3)},
+                         "clip_encoder": {"text_branch": {"k": jnp.ones(3)}, "video_branch_visual": {"k": jnp.ones(3)}},
+                         "vr_head": {"kernel": jnp.ones(3)}}, "new_layer_lr_multiplier", (1.0, 10.0))
   for path in (("embeddings", "w"), ("mlm_head", "b"), ("clip_encoder", "text_branch", "k")):
     assert _at(steps[1.0], path) > 0
     assert _at(steps[10.0], path) == pytest.approx(_at(steps[1.0], path))
@@ -61,21 +67,12 @@ def test_new_layer_lr_multiplier_scales_only_the_layers_trained_from_scratch():
 
 
 def test_word_embedding_lr_multiplier_scales_only_the_word_embedding_table():
-  c = tvr.get_config()
-  c.optim.num_steps, c.optim.warmup_fraction = 10, 0.1
-  params = {"embeddings": {"word_embeddings": {"embedding": jnp.ones(3)}, "position_embeddings": jnp.ones(3)},
-            "clip_encoder": {"text_branch": {"k": jnp.ones(3)}}, "vr_head": {"kernel": jnp.ones(3)}}
-  grads = jax.tree_util.tree_map(jnp.ones_like, params)
-  steps = {}
-  for multiplier in (1.0, 30.0):
-    c.optim.word_embedding_lr_multiplier = multiplier
-    tx = optimizer.make_optimizer(c.optim)
-    state = tx.init(params)
-    for _ in range(3):
-      updates, state = tx.update(grads, state, params)
-    steps[multiplier] = jax.tree_util.tree_map(lambda u: float(jnp.abs(u[0])), updates)
-  assert _at(steps[30.0], ("embeddings", "word_embeddings", "embedding")) == pytest.approx(
-      30 * _at(steps[1.0], ("embeddings", "word_embeddings", "embedding")))
+  steps = _update_sizes({"embeddings": {"word_embeddings": {"embedding": jnp.ones(3)},
+                                        "position_embeddings": jnp.ones(3)},
+                         "clip_encoder": {"text_branch": {"k": jnp.ones(3)}}, "vr_head": {"kernel": jnp.ones(3)}},
+                        "word_embedding_lr_multiplier", (1.0, 30.0))
+  table = ("embeddings", "word_embeddings", "embedding")
+  assert _at(steps[30.0], table) == pytest.approx(30 * _at(steps[1.0], table))
   for path in (("embeddings", "position_embeddings"), ("clip_encoder", "text_branch", "k"), ("vr_head", "kernel")):
     assert _at(steps[1.0], path) > 0 and _at(steps[30.0], path) == pytest.approx(_at(steps[1.0], path))
 

@@ -214,7 +214,7 @@ def _savable(state: Any) -> Any:
 
   Orbax writes a jax.Array shard by shard, with per-shard bookkeeping even for
   the replicas it skips: the tiny model's 906 replicated leaves on 8 devices
-  took 4.7 s a save, their host copy 0.85 s (benchmarks/checkpoint_save_benchmark.py,
+  took 3.2 s a save, their host copy 0.6 s (benchmarks/checkpoint_save_benchmark.py,
   BENCHMARKS.md). The files are the same zarr arrays, and `restore` puts them
   back onto the abstract target's shardings either way. Orbax writes replicated
   host arrays from process 0 only, as it writes replicated jax.Arrays; a state
