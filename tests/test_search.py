@@ -78,18 +78,6 @@ def test_search_returns_the_evaluations_moments(searcher, reference, tmp_path):
     assert p[3] == pytest.approx(m.score, rel=1e-5, abs=1e-12)
 
 
-def test_a_batch_of_queries_gets_each_querys_own_answer(searcher, reference):
-  """search_many (the queries share device calls) returns what search returns for each query alone."""
-  _, _, queries, _, _ = reference
-  texts = [queries.desc[i] for i in range(min(5, len(queries.desc)))]
-  together = searcher.search_many(texts, TOP_K)
-  assert len(together) == len(texts)
-  for text, moments in zip(texts, together):
-    alone = searcher.search(text, TOP_K)
-    assert [(m.vid_name, m.st, m.ed) for m in moments] == [(m.vid_name, m.st, m.ed) for m in alone]
-    np.testing.assert_allclose([m.score for m in moments], [m.score for m in alone], rtol=1e-5, atol=1e-12)
-
-
 def test_index_is_built_once_and_reused(trained_workdir, searcher, monkeypatch):
   """Counts calls of the video-only encoding (not a timing): queries and later searchers load the index."""
   calls = []

@@ -266,30 +266,18 @@ class CorpusSearcher:
 
   def search(self, text: str, top_k: int = 10) -> list[Moment]:
     """The top_k moments (one per video, in the top_k videos by VR), best score first."""
-    return self.search_many([text], top_k)[0]
-
-  def search_many(self, texts: list[str], top_k: int = 10) -> list[list[Moment]]:
-    """`search` of each text, in one pass: the queries share the device calls (a batch of questions).
-
-    `last_notices` are those of the last text.
-    """
     from hammer_jax.retrieval.retrieve import retrieve
     if top_k < 1:
       raise SearchError(f"top_k must be at least 1, got {top_k}")
-    ids = [self.tokenize(text) for text in texts]
-    if ids:
-      self.last_notices = self.notices(ids[-1], top_k)
-    result = retrieve(self.scorer, self.params, self.corpus, ids, top_k=top_k,
+    ids = self.tokenize(text)
+    self.last_notices = self.notices(ids, top_k)
+    result = retrieve(self.scorer, self.params, self.corpus, [ids], top_k=top_k,
                       max_query_len=int(self.config.data.max_query_len), local=True,
                       vr_pairs_per_call=VR_PAIRS_PER_CALL, first_stage=self.first_stage,
                       candidates=self.candidates)
-    return [self._moments(ranked) for ranked in result.vcmr]
-
-  def _moments(self, ranked: np.ndarray) -> list[Moment]:
-    """Moments of one query's VCMR rows [k, 4] (corpus row, start s, end s, log score)."""
-    positions = self.corpus.positions_of(ranked[:, 0].astype(np.int64))
+    positions = self.corpus.positions_of(result.vcmr[0, :, 0].astype(np.int64))
     moments = []
-    for rank, ((_, st, ed, log_score), pos) in enumerate(zip(ranked, positions), 1):
+    for rank, ((_, st, ed, log_score), pos) in enumerate(zip(result.vcmr[0], positions), 1):
       name = self.video_names[pos]
       subs = None
       if self.subtitles is not None:  # Lines overlapping [st, ed].
