@@ -9,8 +9,8 @@ config) scales the rate of the parameters trained from scratch: everything but
 the word/position embeddings, the text branches and the MLM head, which start from
 the pretrained BERT. `dual_encoder_lr_multiplier` scales the dual-encoder head's
 rate further (not in the paper; the head is two projections, shallow enough for a
-rate that would collapse the deep cross-modal stack). Every config keeps it at 1.0: raising it is what made video
-retrieval collapse in an earlier demo (docs/training_dynamics.md).
+rate that would collapse the deep cross-modal stack): 1.0 in the paper configs, 10 in
+`:recommended` (docs/training_dynamics.md measures both).
 `word_embedding_lr_multiplier` scales the pretrained word-embedding table's rate
 (not in the paper; an experiment of docs/training_dynamics.md: a word seen a few
 times in training moves its row a few Adam steps, at the pretrained rate too
