@@ -113,10 +113,11 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"{self.directory}: no checkpoint")
-    if partial:  # Orbax restores the subtree asked for without a word about the rest: compare first.
-      differences = self.differences(target, step, partial=True)
-      if differences:
-        raise CheckpointMismatchError(self.step_path(step), differences)
+    # Compare from the metadata first: Orbax's partial restore skips the rest without a word, and a full restore
+    # that fails on a shape leaves TensorStore reads whose callbacks print tracebacks after the error line.
+    differences = self.differences(target, step, partial=partial)
+    if differences:
+      raise CheckpointMismatchError(self.step_path(step), differences)
     try:
       return self._restore(target, step, partial=partial)
     except Exception as e:  # pylint: disable=broad-except  # Orbax raises bare Exceptions; classified next.
